@@ -1,0 +1,263 @@
+"""Typed, frozen configuration for training (tyro turns it into the CLI).
+
+Common fields are flat, CleanRL-style flags (``--env``, ``--num-envs``, ``--critic``...). Each critic's own
+options live in their own group (``--dve.num-clusters``). Derived numbers are properties, never written back.
+Presets (``--preset NAME``) are plain Python functions returning a config; every field stays overridable.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Literal
+
+CriticName = Literal["scalar", "dve", "sparse-dve"]
+CRITICS: tuple[str, ...] = ("scalar", "dve", "sparse-dve")
+ScheduleName = Literal["off", "pre-boost", "post-boost", "post-boost-auto"]
+SCHEDULES: tuple[str, ...] = ("off", "pre-boost", "post-boost", "post-boost-auto")
+
+
+class ConfigError(ValueError):
+    """Bad user input; the message names the field and what is allowed."""
+
+
+@dataclass(frozen=True)
+class DVEConfig:
+    """Dynamic Value Estimation and Sparse DVE (SPEC §3.2-§3.4; seeds 000, 001)."""
+
+    num_clusters: int = 3
+    """N_b, the number of value clusters. Default 3: the CoinRun skill figure of seed 000 shows three."""
+    cluster_input: Literal["core", "encoder"] = "core"
+    """What the cluster means V_i read: the core output (trajectory latent, the seeds' choice) or the
+    per-frame encoder output. The attention alpha always reads the core output."""
+    k1: float = 0.02
+    """Weight of the confusion term E[log delta] of L_CC (per game in seed 000 and unpublished; ours)."""
+    k2: float = 0.02
+    """Weight of the contribution term E[log sum_i rho_i^2] of L_CC (unpublished; ours)."""
+    schedule: ScheduleName = "pre-boost"
+    """When L_CC is on (sparse-dve only): off; pre-boost (ramped from step 0); post-boost (from a fixed
+    step); post-boost-auto (once episode-length growth has flattened)."""
+    preboost_fraction: float = 0.25
+    """Pre-boost: fraction of the budget over which k1, k2 ramp linearly from 0 to their values."""
+    postboost_step: int = 0
+    """Post-boost: the env step at which L_CC switches on."""
+    auto_window: int = 10
+    """Post-boost-auto: number of updates in each of the two windows whose mean episode lengths are compared."""
+    auto_threshold: float = 0.05
+    """Post-boost-auto: switch on once the relative growth of the mean episode length between the two
+    windows falls below this."""
+    auto_min_fraction: float = 0.1
+    """Post-boost-auto: never switch on before this fraction of the budget (the state space must be
+    explored first; seed 000 §4.1)."""
+    trajectory: Literal["column", "episode"] = "column"
+    """A trajectory tau for the contribution term: one environment's sequence in a minibatch (default) or
+    that sequence split at episode starts."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Train one agent across many levels of a game (``multiscene train``)."""
+
+    preset: str = "quickstart"
+    """Named preset the other fields start from (quickstart, procgen-easy, procgen-hard, cleanrl-procgen,
+    and one per seed-000 game, e.g. sparse-dve-coinrun)."""
+    env: str = "MiniGrid-DoorKey-5x5-v0"
+    """A Procgen game (coinrun, starpilot, ...; comma-separated for several) or a MiniGrid id."""
+    seed: int = 1
+    """Run seed: torch, numpy, Procgen's rand_seed and MiniGrid level draws derive from it."""
+    num_envs: int = 16
+    """Parallel environments for training."""
+    num_steps: int = 128
+    """Steps per environment per rollout."""
+    total_timesteps: int = 150_000
+    """Training budget in environment steps."""
+    run_dir: str | None = None
+    """Where the run is written; default runs/<env>-<critic>-s<seed>."""
+    critic: CriticName = "scalar"
+    """Critic: scalar (RL² baseline), dve, sparse-dve."""
+    resume: bool = False
+    """Continue the run in --run-dir from its last good checkpoint."""
+    overwrite: bool = False
+    """Start afresh in a --run-dir that already holds a run (its old files are moved to a backup folder)."""
+
+    # Environments
+    distribution_mode: str = "easy"
+    """Procgen distribution mode (easy, hard, ...)."""
+    num_levels: int = 200
+    """Training levels: seeds [start_level, start_level + num_levels); 0 = full distribution (Procgen)."""
+    start_level: int = 0
+    """First training level seed."""
+    test_start_level: int | None = None
+    """First test level seed; default right after the training range (disjoint)."""
+    test_num_levels: int = 100_000
+    """Test levels; 0 = full distribution (Procgen)."""
+    num_threads: int = 4
+    """Procgen worker threads per env set."""
+    max_episode_steps: int | None = None
+    """MiniGrid: override the env's step limit."""
+
+    # Agent
+    core: Literal["lstm", "none"] = "lstm"
+    """Recurrent core (LSTM reset at episode starts; RL²) or none (feed-forward)."""
+    hidden_size: int = 256
+    """Width of the encoder output and of the LSTM."""
+    prev_action_reward: bool = True
+    """Feed the previous action and reward to the core (seed 002; SPEC §2)."""
+
+    # PPO (CleanRL names)
+    learning_rate: float = 5e-4
+    """Adam learning rate."""
+    adam_eps: float = 1e-5
+    """Adam epsilon."""
+    anneal_lr: bool = False
+    """Anneal the learning rate linearly to 0."""
+    update_epochs: int = 3
+    """PPO epochs per rollout."""
+    num_minibatches: int = 8
+    """Minibatches per epoch; split by environment (whole sequences)."""
+    clip_coef: float = 0.2
+    """Policy ratio clip."""
+    clip_vloss: bool = True
+    """Clip the value loss around the old values."""
+    ent_coef: float = 0.01
+    """Entropy bonus coefficient."""
+    vf_coef: float = 0.5
+    """Value loss coefficient."""
+    max_grad_norm: float = 0.5
+    """Global gradient norm clip."""
+    gamma: float = 0.999
+    """Discount."""
+    gae_lambda: float = 0.95
+    """GAE lambda."""
+    norm_adv: bool = True
+    """Normalize advantages per minibatch."""
+    norm_reward: bool = True
+    """Divide rewards by a running std of the discounted return (same gamma)."""
+    target_kl: float | None = None
+    """Stop the epochs of an update early past this approximate KL."""
+
+    # Critics
+    dve: DVEConfig = field(default_factory=DVEConfig)
+
+    # Evaluation, checkpoints, logging
+    eval_interval: int = 0
+    """Evaluate every this many updates (0: only at the end)."""
+    eval_episodes: int = 32
+    """Episodes per split and per mode in an evaluation."""
+    eval_num_envs: int = 16
+    """Parallel envs for evaluation."""
+    checkpoint_interval: int = 10
+    """Write a checkpoint every this many updates (and always at the end)."""
+    keep_checkpoints: int = 3
+    """Checkpoints kept; older ones are deleted."""
+    max_nonfinite_updates: int = 5
+    """Stop after this many consecutive updates skipped for NaN/Inf (issue #6)."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """Torch device; auto picks CUDA when available."""
+    torch_threads: int = 0
+    """torch.set_num_threads; 0 leaves torch's default."""
+    bf16: bool = False
+    """bf16 autocast for forward passes (fp32 master weights)."""
+    deterministic_torch: bool = True
+    """Ask torch for deterministic kernels (same seed -> same parameters)."""
+    progress: Literal["auto", "rich", "plain", "none"] = "auto"
+    """Progress display: rich bar on a terminal, plain log lines otherwise."""
+    tensorboard: bool = True
+    """Write TensorBoard event files."""
+
+    # Derived numbers (never written back into the config)
+    @property
+    def batch_size(self) -> int:
+        return self.num_envs * self.num_steps
+
+    @property
+    def envs_per_minibatch(self) -> int:
+        return self.num_envs // self.num_minibatches
+
+    @property
+    def num_updates(self) -> int:
+        return self.total_timesteps // self.batch_size
+
+    @property
+    def is_procgen(self) -> bool:
+        return not self.env.startswith("MiniGrid")
+
+    @property
+    def test_levels_start(self) -> int:
+        if self.test_start_level is not None:
+            return self.test_start_level
+        return self.start_level + self.num_levels
+
+    @property
+    def uses_cc_loss(self) -> bool:
+        return self.critic == "sparse-dve" and self.dve.schedule != "off"
+
+
+def replace(cfg: TrainConfig, **changes: object) -> TrainConfig:
+    """dataclasses.replace that also accepts ``dve={...}`` as a dict of DVE field changes."""
+    dve_changes = changes.pop("dve", None)
+    if isinstance(dve_changes, dict):
+        changes["dve"] = dataclasses.replace(cfg.dve, **dve_changes)
+    elif dve_changes is not None:
+        changes["dve"] = dve_changes
+    return dataclasses.replace(cfg, **changes)  # type: ignore[arg-type]
+
+
+def validate(cfg: TrainConfig) -> None:
+    """Raise ConfigError naming the field and what is allowed. Env ids are checked when envs are made."""
+    if cfg.total_timesteps <= 0:
+        raise ConfigError(f"--total-timesteps must be a positive number of env steps, got {cfg.total_timesteps}.")
+    if cfg.num_envs <= 0:
+        raise ConfigError(f"--num-envs must be positive, got {cfg.num_envs}.")
+    if cfg.num_steps <= 0:
+        raise ConfigError(f"--num-steps must be positive, got {cfg.num_steps}.")
+    if cfg.num_minibatches <= 0 or cfg.num_envs % cfg.num_minibatches != 0:
+        raise ConfigError(
+            f"--num-envs ({cfg.num_envs}) must be divisible by --num-minibatches ({cfg.num_minibatches}): "
+            "minibatches are whole environment sequences. Allowed --num-minibatches: "
+            f"{[d for d in range(1, cfg.num_envs + 1) if cfg.num_envs % d == 0]}."
+        )
+    if cfg.total_timesteps < cfg.batch_size:
+        raise ConfigError(
+            f"--total-timesteps ({cfg.total_timesteps}) is smaller than one rollout "
+            f"(--num-envs x --num-steps = {cfg.batch_size}); at least one update needs {cfg.batch_size} steps."
+        )
+    if cfg.critic not in CRITICS:
+        raise ConfigError(f"--critic must be one of {', '.join(CRITICS)}; got {cfg.critic!r}.")
+    if cfg.num_levels < 0 or cfg.test_num_levels < 0 or cfg.start_level < 0:
+        raise ConfigError("--num-levels, --test-num-levels and --start-level must be >= 0.")
+    if not cfg.is_procgen and cfg.num_levels == 0:
+        raise ConfigError("--num-levels must be > 0 for MiniGrid (a fixed set of training level seeds).")
+    for name in ("update_epochs", "eval_episodes", "eval_num_envs", "checkpoint_interval", "keep_checkpoints",
+                 "max_nonfinite_updates", "hidden_size"):
+        if getattr(cfg, name) <= 0:
+            raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {getattr(cfg, name)}.")
+    if cfg.learning_rate <= 0:
+        raise ConfigError(f"--learning-rate must be positive, got {cfg.learning_rate}.")
+    if not 0.0 < cfg.gamma <= 1.0 or not 0.0 <= cfg.gae_lambda <= 1.0:
+        raise ConfigError("--gamma must lie in (0, 1] and --gae-lambda in [0, 1].")
+    d = cfg.dve
+    if d.num_clusters < 1:
+        raise ConfigError(f"--dve.num-clusters must be >= 1, got {d.num_clusters}.")
+    if cfg.critic == "sparse-dve" and d.num_clusters < 2:
+        raise ConfigError(
+            f"--dve.num-clusters must be >= 2 with --critic sparse-dve (L_CC needs clusters to choose "
+            f"between), got {d.num_clusters}."
+        )
+    if d.k1 < 0 or d.k2 < 0:
+        raise ConfigError(f"--dve.k1 and --dve.k2 must be >= 0, got k1={d.k1}, k2={d.k2}.")
+    if d.schedule not in SCHEDULES:
+        raise ConfigError(f"--dve.schedule must be one of {', '.join(SCHEDULES)}; got {d.schedule!r}.")
+    if not 0.0 < d.preboost_fraction <= 1.0:
+        raise ConfigError(f"--dve.preboost-fraction must lie in (0, 1], got {d.preboost_fraction}.")
+    if d.postboost_step < 0:
+        raise ConfigError(f"--dve.postboost-step must be >= 0, got {d.postboost_step}.")
+    if cfg.critic == "sparse-dve" and d.schedule == "post-boost" and d.postboost_step >= cfg.total_timesteps:
+        raise ConfigError(
+            f"--dve.postboost-step ({d.postboost_step}) must be below --total-timesteps "
+            f"({cfg.total_timesteps}), or L_CC never switches on."
+        )
+    if d.auto_window < 1 or d.auto_threshold < 0 or not 0.0 <= d.auto_min_fraction < 1.0:
+        raise ConfigError(
+            "--dve.auto-window must be >= 1, --dve.auto-threshold >= 0, --dve.auto-min-fraction in [0, 1)."
+        )

@@ -1,0 +1,55 @@
+"""The Critic interface (SPEC §3): core output -> named value heads ``[T, B, H]``.
+
+A critic also says how its heads combine into the one advantage the policy loss uses, which auxiliary loss
+terms it adds (unscaled; the trainer multiplies each by the scale its schedule gives, see
+``multiscene.critics.schedule``), and which diagnostics it logs.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+
+class CriticOutput(NamedTuple):
+    values: torch.Tensor
+    """[T, B, H] value per head; head h is named ``critic.head_names[h]``."""
+    extras: dict[str, torch.Tensor]
+    """Critic-specific tensors, e.g. DVE's ``alpha`` [T, B, N_b] and ``cluster_values`` [T, B, N_b]."""
+
+
+class Critic(nn.Module, ABC):
+    """Base class with the defaults of a plain critic: one or more heads, summed advantages, no aux loss."""
+
+    head_names: tuple[str, ...] = ("value",)
+
+    @property
+    def num_heads(self) -> int:
+        return len(self.head_names)
+
+    @abstractmethod
+    def forward(self, core_out: torch.Tensor, encoder_out: torch.Tensor) -> CriticOutput:
+        """core_out [T, B, D_core], encoder_out [T, B, D_enc] -> CriticOutput with values [T, B, H]."""
+
+    def head_rewards(self, reward: torch.Tensor) -> torch.Tensor:
+        """[T, B] env reward -> [T, B, H] reward per head. Default: the env reward for every head."""
+        return reward.unsqueeze(-1).expand(*reward.shape, self.num_heads)
+
+    def combine_advantages(self, advantages: torch.Tensor) -> torch.Tensor:
+        """[T, B, H] per-head advantages -> [T, B] advantage for the policy loss. Default: their sum."""
+        return advantages.sum(dim=-1)
+
+    def aux_losses(
+        self, out: CriticOutput, mask: torch.Tensor, first: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Unscaled auxiliary loss terms (scalar tensors) over the valid steps ``mask`` [T, B]; ``first``
+        [T, B] marks episode starts for losses defined per episode."""
+        return {}
+
+    @torch.no_grad()
+    def diagnostics(self, out: CriticOutput, mask: torch.Tensor) -> dict[str, float]:
+        """Scalars to log every update (averaged over minibatches by the trainer)."""
+        return {}
