@@ -1,0 +1,140 @@
+"""``multiscene`` command line: train, eval, report, compare, bench.
+
+``multiscene train --critic sparse-dve --preset quickstart`` works as written: the preset is read first, then
+tyro parses every other flag on top of it, so any preset field can be overridden with a flat flag.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+USAGE = """usage: multiscene COMMAND [ARGS]
+
+commands:
+  train      train an agent (multiscene train --preset quickstart; --help for every flag)
+  eval       evaluate a run's checkpoint again (multiscene eval RUN_DIR [--episodes N] [--video])
+  report     write RUN_DIR/report/ (multiscene report RUN_DIR)
+  compare    compare runs (multiscene compare RUN_DIR... --out DIR)
+  bench      benchmarks (multiscene bench throughput --preset P | multiscene bench learning)
+"""
+
+
+def _pop_option(argv: list[str], name: str) -> str | None:
+    """Remove ``--name VALUE`` or ``--name=VALUE`` from argv and return VALUE."""
+    for i, arg in enumerate(argv):
+        if arg == name:
+            if i + 1 >= len(argv):
+                from multiscene.config import ConfigError
+
+                raise ConfigError(f"{name} needs a value.")
+            value = argv[i + 1]
+            del argv[i : i + 2]
+            return value
+        if arg.startswith(name + "="):
+            del argv[i]
+            return arg.split("=", 1)[1]
+    return None
+
+
+def parse_train_args(argv: Sequence[str]):  # noqa: ANN201 - returns TrainConfig (lazy import keeps --help fast)
+    import tyro
+
+    from multiscene.config import replace
+    from multiscene.presets import get_preset
+
+    args = list(argv)
+    preset_name = _pop_option(args, "--preset") or "quickstart"
+    default = replace(get_preset(preset_name), preset=preset_name)
+    return tyro.cli(type(default), default=default, args=args, prog="multiscene train",
+                    description=f"Train one agent across many levels (preset: {preset_name}).")
+
+
+def cmd_train(argv: Sequence[str]) -> int:
+    from multiscene.trainer import train
+
+    cfg = parse_train_args(argv)
+    run_dir = train(cfg)
+    final = run_dir / "eval" / "final.json"
+    if final.exists():
+        import json
+
+        summary = json.loads(final.read_text())
+        for split in ("train", "test"):
+            s = summary.get(split, {})
+            print(f"[multiscene] final eval {split:5s}: return {s.get('return_mean')} +- {s.get('return_std')}, "
+                  f"length {s.get('length_mean')}, episodes {s.get('episodes')}")
+    print(f"[multiscene] run directory: {run_dir}")
+    return 0
+
+
+def cmd_eval(argv: Sequence[str]) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="multiscene eval", description="Evaluate a run's latest good checkpoint.")
+    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("--episodes", type=int, default=None, help="episodes per split and mode (default: the run's eval_episodes)")
+    parser.add_argument("--tag", default="eval", help="written to RUN_DIR/eval/<tag>.json (default: eval)")
+    parser.add_argument("--video", action="store_true", help="also write mp4s of sampled-policy episodes to RUN_DIR/eval/videos/")
+    parser.add_argument("--video-episodes", type=int, default=2, help="episodes per split recorded with --video")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    ns = parser.parse_args(list(argv))
+    from multiscene.evaluate import evaluate_checkpoint
+
+    summary = evaluate_checkpoint(ns.run_dir, episodes=ns.episodes, tag=ns.tag, video=ns.video,
+                                  video_episodes=ns.video_episodes, device=ns.device)
+    for split in ("train", "test"):
+        s = summary[split]
+        print(f"{split:5s}: return {s['return_mean']:.3f} +- {s['return_std']:.3f}, length {s['length_mean']:.1f}, "
+              f"episodes {s['episodes']}")
+    print(f"written: {ns.run_dir / 'eval' / (ns.tag + '.json')}")
+    return 0
+
+
+def cmd_report(argv: Sequence[str]) -> int:
+    from multiscene.analysis.report import main as report_main
+
+    return report_main(list(argv))
+
+
+def cmd_compare(argv: Sequence[str]) -> int:
+    from multiscene.analysis.compare import main as compare_main
+
+    return compare_main(list(argv))
+
+
+def cmd_bench(argv: Sequence[str]) -> int:
+    from multiscene.bench import main as bench_main
+
+    return bench_main(list(argv))
+
+
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "report": cmd_report, "compare": cmd_compare, "bench": cmd_bench}
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    from multiscene.config import ConfigError
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help"):
+        print(USAGE)
+        sys.exit(0)
+    command, rest = args[0], args[1:]
+    if command not in COMMANDS:
+        print(f"multiscene: unknown command {command!r}; choose one of: {', '.join(COMMANDS)}\n\n{USAGE}", file=sys.stderr)
+        sys.exit(2)
+    try:
+        code = COMMANDS[command](rest)
+    except ConfigError as e:
+        print(f"multiscene {command}: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except Exception as e:  # noqa: BLE001 - surface known stop reasons as one clear line
+        from multiscene.envs.base import EnvError
+        from multiscene.trainer import TrainingStopped
+
+        if isinstance(e, (EnvError, TrainingStopped)):
+            print(f"multiscene {command}: {type(e).__name__}: {e}", file=sys.stderr)
+            sys.exit(1)
+        raise
+    sys.exit(code)
