@@ -146,6 +146,8 @@ class TrainConfig:
     """Episodes per split and per mode in an evaluation."""
     eval_num_envs: int = 16
     """Parallel envs for evaluation."""
+    final_eval: bool = True
+    """Evaluate on train and test levels at the end of training (eval/final.json)."""
     checkpoint_interval: int = 10
     """Write a checkpoint every this many updates (and always at the end)."""
     keep_checkpoints: int = 3

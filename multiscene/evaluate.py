@@ -263,7 +263,7 @@ def evaluate_checkpoint(
 
 def write_videos(agent: Agent, cfg: TrainConfig, device: torch.device, out_dir: Path, episodes: int) -> list[Path]:
     """mp4s of sampled-policy episodes on train and test levels (imageio + its bundled ffmpeg)."""
-    import imageio.v2 as imageio
+    import imageio.v3 as imageio
 
     from multiscene.trainer import env_spec
 
@@ -280,11 +280,13 @@ def write_videos(agent: Agent, cfg: TrainConfig, device: torch.device, out_dir: 
         assert res.recorder is not None
         for ep_id, frames in sorted(res.recorder.frames.items()):
             path = out_dir / f"{split}_episode{ep_id}.mp4"
-            imageio.mimsave(path, [_upscale(f) for f in frames], fps=15, macro_block_size=1)
+            imageio.imwrite(path, np.stack([_upscale(f) for f in frames]), plugin="pyav", fps=15, codec="libx264")
             written.append(path)
     return written
 
 
 def _upscale(frame: np.ndarray, min_size: int = 256) -> np.ndarray:
+    """Nearest-neighbour upscale to about ``min_size`` px, cropped to even sides (H.264 wants them)."""
     k = max(1, min_size // max(frame.shape[:2]))
-    return np.repeat(np.repeat(frame, k, axis=0), k, axis=1)
+    big = np.repeat(np.repeat(frame, k, axis=0), k, axis=1)
+    return big[: big.shape[0] // 2 * 2, : big.shape[1] // 2 * 2]

@@ -33,7 +33,7 @@ def quickstart() -> TrainConfig:
         ent_coef=0.01,
         eval_episodes=48,
         checkpoint_interval=20,
-        torch_threads=2,
+        torch_threads=1,
         dve=DVEConfig(schedule="pre-boost"),
     )
 

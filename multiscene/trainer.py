@@ -314,8 +314,8 @@ def ppo_update(
                 return UpdateResult({}, skipped=True, bad_term=bad)
             optimizer.step()
             metrics["losses/grad_norm"] = grad_norm.detach()
-            for k, v in agent.critic.diagnostics(critic_out, valid).items():
-                metrics[k] = torch.tensor(v)
+            for k, v in agent.critic.diagnostics(critic_out, valid, first=rollout.first[:, mb].to(device)).items():
+                metrics[f"dve/{k}"] = torch.tensor(v)
             for k, v in metrics.items():
                 sums[k] = sums.get(k, 0.0) + float(v)
             count += 1
@@ -540,6 +540,8 @@ def train(cfg: TrainConfig) -> Path:
             logger.close()
             envs.close()
 
+    if not cfg.final_eval:
+        return run_dir
     summary = evaluate_run_splits(
         agent, cfg, device, tag="final", run_dir=run_dir, reward_scale=collector.normalizer.scale,
         global_step=global_step,

@@ -50,6 +50,8 @@ class Critic(nn.Module, ABC):
         return {}
 
     @torch.no_grad()
-    def diagnostics(self, out: CriticOutput, mask: torch.Tensor) -> dict[str, float]:
+    def diagnostics(
+        self, out: CriticOutput, mask: torch.Tensor, first: torch.Tensor | None = None
+    ) -> dict[str, float]:
         """Scalars to log every update (averaged over minibatches by the trainer)."""
         return {}

@@ -1,0 +1,38 @@
+from __future__ import annotations
+
+import torch
+
+from multiscene.config import DVEConfig, TrainConfig, replace
+from multiscene.presets import get_preset
+
+# Tests run many tiny models; one thread avoids OpenMP spin contention on small CI machines.
+torch.set_num_threads(1)
+
+
+def tiny_config(run_dir: str, env: str = "MiniGrid-DoorKey-5x5-v0", critic: str = "sparse-dve", **changes: object) -> TrainConfig:
+    """A few updates of a small agent: enough to exercise every code path in seconds."""
+    procgen = not env.startswith("MiniGrid")
+    base = get_preset("procgen-easy" if procgen else "quickstart")
+    cfg = replace(
+        base,
+        env=env,
+        critic=critic,
+        run_dir=run_dir,
+        num_envs=4,
+        num_steps=16,
+        num_minibatches=2,
+        update_epochs=2,
+        total_timesteps=4 * 16 * 3,
+        hidden_size=32,
+        num_levels=20,
+        eval_episodes=2,
+        eval_num_envs=2,
+        checkpoint_interval=1,
+        keep_checkpoints=2,
+        num_threads=1,
+        torch_threads=1,
+        progress="none",
+        max_episode_steps=None if procgen else 24,
+        dve=DVEConfig(schedule="pre-boost", k1=0.05, k2=0.05),
+    )
+    return replace(cfg, **changes) if changes else cfg
