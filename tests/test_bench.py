@@ -1,0 +1,107 @@
+"""The benchmark code paths on tiny budgets: they finish and print every field; bad input exits 2 naming the flag.
+
+No test here asserts a wall-clock time: the machines are shared and timings are noise; the tests check that
+the numbers exist, are finite and positive, and relate as their definitions say.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from multiscene.bench import main as bench_main
+from multiscene.bench.throughput import ThroughputResult
+
+TINY = ["--num-envs", "4", "--num-steps", "8", "--num-minibatches", "2", "--update-epochs", "1", "--hidden-size", "16",
+        "--torch-threads", "1", "--num-threads", "1", "--device", "cpu"]
+RATES = ("env_sps", "train_sps", "ceiling_sps", "ratio", "collect_seconds", "update_seconds", "ceiling_act_seconds",
+         "ceiling_update_seconds")
+
+
+def _parse(out: str) -> dict[str, str]:
+    fields = {}
+    for line in out.splitlines():
+        if ": " in line and not line.startswith("{"):
+            key, value = line.split(": ", 1)
+            fields[key] = value
+    return fields
+
+
+@pytest.mark.parametrize(
+    ("preset", "extra"),
+    [
+        ("cleanrl-procgen", []),  # feed-forward IMPALA-CNN on Procgen
+        ("procgen-easy", ["--env", "coinrun"]),  # RL²: LSTM + scalar critic
+        ("procgen-easy", ["--critic", "sparse-dve", "--env", "starpilot"]),  # Sparse DVE, L_CC on
+        ("quickstart", []),  # MiniGrid, Sparse DVE
+        ("quickstart", ["--critic", "scalar", "--bf16"]),  # MiniGrid RL² under bf16 autocast
+    ],
+)
+def test_throughput_prints_every_field(capsys, preset, extra):
+    code = bench_main(["throughput", "--preset", preset, "--updates", "1", "--warmup-updates", "0",
+                       "--env-steps", "4", "--json", *TINY, *extra])
+    assert code == 0
+    out = capsys.readouterr().out
+    fields = _parse(out)
+    expected = {f.name for f in __import__("dataclasses").fields(ThroughputResult)}
+    assert expected <= set(fields), expected - set(fields)
+    data = json.loads(out.strip().splitlines()[-1])
+    for name in RATES:
+        assert math.isfinite(data[name]) and data[name] > 0, (name, data[name])
+    # The ratio is defined as train / ceiling, and both rates follow from their timed parts.
+    assert data["ratio"] == pytest.approx(data["train_sps"] / data["ceiling_sps"])
+    batch = data["num_envs"] * data["num_steps"]
+    assert data["ceiling_sps"] == pytest.approx(batch / (data["ceiling_act_seconds"] + data["ceiling_update_seconds"]))
+    assert data["train_sps"] == pytest.approx(batch / (data["collect_seconds"] + data["update_seconds"]))
+    assert data["preset"] == preset and data["num_envs"] == 4 and data["torch_threads"] == 1
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["throughput", "--preset", "no-such-preset"], "--preset"),
+        (["throughput", "--preset", "quickstart", "--updates", "0"], "--updates"),
+        (["throughput", "--preset", "quickstart", "--env-steps", "0"], "--env-steps"),
+        (["learning", "--total-timesteps", "10", "--num-envs", "4", "--num-steps", "8"], "--total-timesteps"),
+        (["learning", "--methods", "rl2", "ppo-magic"], "--methods"),
+        (["learning", "--tasks", "coinrun"], "--tasks"),
+        (["learning", "--tasks", "MiniGrid-NoSuchTask-v0"], "--env"),
+        (["learning", "--seeds", "0"], "--seeds"),
+        (["no-such-bench"], "throughput or learning"),
+    ],
+)
+def test_bad_input_exits_2_naming_the_flag(capsys, argv, needle):
+    assert bench_main(argv) == 2
+    err = capsys.readouterr().err
+    assert needle in err, err
+
+
+def test_learning_bench_tiny(tmp_path, capsys):
+    out_dir = tmp_path / "bench"
+    code = bench_main(["learning", "--out", str(out_dir), "--tasks", "MiniGrid-LavaGapS5-v0", "--methods", "rl2",
+                       "sparse-dve", "--seeds", "1", "--total-timesteps", "32", "--num-envs", "4", "--num-steps", "8",
+                       "--num-minibatches", "2", "--hidden-size", "16", "--num-levels", "5", "--eval-episodes", "2"])
+    assert code == 0, capsys.readouterr()
+    printed = capsys.readouterr().out
+    for label in ("held-out return", "train return", "held-out episode length", "held-out value error",
+                  "held-out mean confusion", "wall_seconds"):
+        assert label in printed
+    results = json.loads((out_dir / "results.json").read_text())
+    assert (out_dir / "table.md").exists() and (out_dir / "figure.png").stat().st_size > 0
+    runs = {r["method"]: r for r in results["runs"]}
+    assert set(runs) == {"rl2", "sparse-dve"}
+    for run in runs.values():
+        assert run["test_length"] > 0 and run["train_length"] > 0
+        assert run["test_value_error"] is not None and run["test_value_error"] >= 0
+    # Confusion exists only where there are clusters, and lies in [1/N_b, 1].
+    assert runs["rl2"]["test_confusion"] is None
+    assert 1 / 3 - 1e-6 <= runs["sparse-dve"]["test_confusion"] <= 1 + 1e-6
+    iqm = results["aggregate"]["test_return"]["sparse-dve"]
+    assert iqm["iqm_ci"][0] <= iqm["iqm"] <= iqm["iqm_ci"][1]
+    # A second call reuses the finished runs instead of training again.
+    assert bench_main(["learning", "--out", str(out_dir), "--tasks", "MiniGrid-LavaGapS5-v0", "--methods", "rl2",
+                       "sparse-dve", "--seeds", "1", "--total-timesteps", "32", "--num-envs", "4", "--num-steps", "8",
+                       "--num-minibatches", "2", "--hidden-size", "16", "--num-levels", "5", "--eval-episodes", "2"]) == 0
+    assert "ok," not in capsys.readouterr().out
