@@ -300,7 +300,7 @@ def ppo_update(
             for name, term in aux.items():
                 loss = loss + aux_scales[name] * term
                 metrics[f"losses/{name}"] = term.detach()
-            bad = _first_nonfinite({"loss": loss, **metrics})
+            bad = _first_nonfinite({**metrics, "loss": loss})  # name the loss term, not just the total
             if bad is None:
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
