@@ -16,6 +16,7 @@ from __future__ import annotations
 import difflib
 
 from multiscene.config import ConfigError
+from multiscene.envs import scenes  # noqa: F401  (side effect: registers MiniGrid-HiddenPayoff-v0)
 from multiscene.envs.base import EnvError, EnvSpec, EnvStep, EpisodeStats, LevelSet, VecEnv
 
 # The 16 Procgen games (procgen.env.ENV_NAMES). Kept here so that checking an env id does not import procgen
