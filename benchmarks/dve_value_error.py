@@ -18,7 +18,7 @@ cue) and should not beat the second by more than noise.
 
 Usage (the numbers in docs/dve_benchmark.md)::
 
-    PYTHONPATH=. python benchmarks/dve_value_error.py --seeds 1 2 3 4 5 --jobs 2 \
+    PYTHONPATH=. python benchmarks/dve_value_error.py --seeds 1 2 3 --jobs 2 \
         --out-dir runs/dve_benchmark --json runs/dve_benchmark/results.json
 
 ``--reuse`` analyses existing runs in ``--out-dir`` without training them again. This is a benchmark, not a
@@ -331,7 +331,8 @@ def format_table(summary: dict[str, Any]) -> str:
                 d = stats[split]["dve"]
                 lines.append(
                     f"{critic:<11} confusion t=0 {_fmt(d['confusion_t0'])}, t>0 {_fmt(d['confusion_after_start'])}, "
-                    f"cluster purity t>0 {_fmt(d['cluster_purity_after_start'])}"
+                    f"cluster purity t>0 {_fmt(d['cluster_purity_after_start'])} "
+                    f"(argmax clusters used {_fmt(d['clusters_used_after_start'])})"
                 )
         for critic, splits in summary["minus_scalar"].items():
             e = splits[split].get("error_after_start")
