@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import tiny_config
 from safetensors.torch import load_file
 
 import multiscene.trainer as trainer_module
-from conftest import tiny_config
 from multiscene.checkpoint import list_checkpoints, load_latest_checkpoint
 from multiscene.config import ConfigError
 from multiscene.envs.base import EnvError

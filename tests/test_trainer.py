@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_config
 from safetensors.torch import load_file
 
-from conftest import tiny_config
 from multiscene.checkpoint import list_checkpoints, load_latest_checkpoint
 from multiscene.config import ConfigError
 from multiscene.evaluate import evaluate_checkpoint
