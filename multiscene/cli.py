@@ -65,6 +65,9 @@ def cmd_train(argv: Sequence[str]) -> int:
             s = summary.get(split, {})
             print(f"[multiscene] final eval {split:5s}: return {s.get('return_mean')} +- {s.get('return_std')}, "
                   f"length {s.get('length_mean')}, episodes {s.get('episodes')}")
+        rnd = summary.get("random_policy_test")
+        if rnd:
+            print(f"[multiscene] random policy test: return {rnd.get('return_mean')} (the floor to beat)")
     print(f"[multiscene] run directory: {run_dir}")
     return 0
 

@@ -4,7 +4,7 @@ Writes ``eval/<tag>.json``::
 
     {"train": {"return_mean", "return_std", "length_mean", "episodes", "success_rate", "per_level": {...},
                "deterministic": {same statistics for the argmax policy}},
-     "test": {...}, "global_step": ..., "reward_scale": ...}
+     "test": {...}, "random_policy_test": {...} (final only), "global_step": ..., "reward_scale": ...}
 
 The top-level statistics of each split are those of the sampled policy (Procgen's usual protocol). For the
 final evaluation it also writes ``eval/final_steps_<split>.npz``: one row per recorded step of the sampled-policy
@@ -65,11 +65,13 @@ def run_episodes(
     generator: torch.Generator,
     record: bool = False,
     frame_episodes: int = 0,
+    random_policy: bool = False,
 ) -> EpisodeResult:
     """Run exactly ``num_episodes`` episodes, each env owning a fixed quota (no bias towards short episodes).
 
     With ``record``, every step of the counted episodes is kept; frames are kept for episodes whose index
-    (in order of env, then quota slot) is below ``frame_episodes``.
+    (in order of env, then quota slot) is below ``frame_episodes``. With ``random_policy``, actions are uniform
+    (the baseline a trained agent must beat) and nothing is recorded.
     """
     B = envs.num_envs
     quota = np.full(B, num_episodes // B)
@@ -85,6 +87,14 @@ def run_episodes(
     episodes: list[EpisodeStats] = []
     recorder = EpisodeRecorder() if record else None
     while (done_count < quota).any():
+        if random_policy:
+            action = torch.randint(envs.num_actions, (B,), generator=generator)
+            result = envs.step(action.numpy())
+            for ep in result.episodes:
+                if done_count[ep.env_index] < quota[ep.env_index]:
+                    episodes.append(ep)
+                done_count[ep.env_index] += 1
+            continue
         out = agent(obs.to(device)[None], first.to(device)[None], prev_action.to(device)[None],
                     prev_reward.to(device)[None], state)
         state = out.state
@@ -204,6 +214,15 @@ def evaluate_run_splits(
                 if res.recorder is not None:
                     _write_steps(eval_dir, split, res.recorder, reward_scale, cfg.gamma)
             summary[split] = stats
+        if record:
+            # The uniform-random policy on the same test levels: the floor a trained agent must clear.
+            envs = make_env(env_spec(cfg, "test", min(cfg.eval_num_envs, n), seed_offset=101))
+            try:
+                res = run_episodes(agent, envs, n, False, device, torch.Generator().manual_seed(cfg.seed),
+                                   random_policy=True)
+            finally:
+                envs.close()
+            summary["random_policy_test"] = {k: v for k, v in summarize(res.episodes).items() if k != "per_level"}
     finally:
         agent.train(was_training)
     atomic_write_json(eval_dir / f"{tag}.json", summary)

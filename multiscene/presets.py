@@ -12,26 +12,28 @@ CLASS2_GAMES = ("plunder", "dodgeball", "fruitbot", "starpilot")
 
 
 def quickstart() -> TrainConfig:
-    """MiniGrid DoorKey made multi-scene (100 training layouts, disjoint test layouts), Sparse DVE.
+    """MiniGrid-HiddenPayoff made multi-scene (200 training levels, disjoint test levels), LSTM agent, Sparse DVE.
 
-    Sized to finish, evaluation included, in well under 15 minutes on a 2-core CPU and to learn visibly.
+    Every level starts with the same observation; the level decides a cue colour and what the goal pays
+    (three value clusters; ``multiscene/envs/scenes.py``). Sized to finish, evaluation and report included,
+    in a few minutes on a 2-core CPU, with a held-out return far above a random policy's.
     """
     return TrainConfig(
         preset="quickstart",
-        env="MiniGrid-DoorKey-5x5-v0",
+        env="MiniGrid-HiddenPayoff-v0",
         critic="sparse-dve",
         num_envs=16,
-        num_steps=128,
-        total_timesteps=250_000,
-        num_levels=100,
+        num_steps=64,
+        total_timesteps=150_000,
+        num_levels=200,
         start_level=0,
-        hidden_size=128,
+        hidden_size=64,
         learning_rate=1e-3,
         gamma=0.99,
         update_epochs=4,
         num_minibatches=4,
         ent_coef=0.01,
-        eval_episodes=48,
+        eval_episodes=64,
         checkpoint_interval=20,
         torch_threads=1,
         dve=DVEConfig(schedule="pre-boost"),

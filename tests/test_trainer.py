@@ -37,6 +37,7 @@ def test_minigrid_run_directory_is_complete(tmp_path):
             assert final[split][key] is not None, (split, key)
         assert final[split]["episodes"] == 2
         assert "deterministic" in final[split]
+    assert final["random_policy_test"]["episodes"] == 2
     records = read_metrics(run / "metrics.jsonl")
     train_records = [r for r in records if "losses/policy_loss" in r]
     assert [r["update"] for r in train_records] == [1, 2, 3]
