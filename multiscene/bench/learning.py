@@ -197,7 +197,8 @@ def figure(agg: dict[str, Any], methods: Sequence[str], path: Path) -> None:
             if entry["iqm"] is None:
                 continue
             lo, hi = entry["iqm_ci"]
-            ax.errorbar([entry["iqm"]], [i], xerr=[[entry["iqm"] - lo], [hi - entry["iqm"]]], fmt="o", capsize=4)
+            ax.errorbar([entry["iqm"]], [i], xerr=[[entry["iqm"] - lo], [hi - entry["iqm"]]], fmt="o", capsize=4,
+                        color=f"C{i}")  # one colour per method in every panel
         ax.set_yticks(range(len(methods)), list(methods))
         ax.set_ylim(-0.5, len(methods) - 0.5)
         ax.set_title(label, fontsize=9)
@@ -214,7 +215,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--tasks", nargs="+", default=list(DEFAULT_TASKS), help="MiniGrid ids (default: the three above)")
     p.add_argument("--methods", nargs="+", default=list(METHODS), help="rl2, dve, sparse-dve (default: all)")
     p.add_argument("--seeds", type=int, default=5, help="seeds 1..N per task and method (default 5)")
-    p.add_argument("--total-timesteps", type=int, default=100_000, help="env steps per run (default 100000)")
+    p.add_argument("--total-timesteps", type=int, default=50_000, help="env steps per run (default 50000)")
     p.add_argument("--num-envs", type=int, default=16)
     p.add_argument("--num-steps", type=int, default=128)
     p.add_argument("--num-minibatches", type=int, default=4)
