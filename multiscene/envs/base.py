@@ -114,5 +114,13 @@ class VecEnv(Protocol):
     def close(self) -> None: ...
 
 
+def check_state_matches(state: dict[str, Any], env_id: str, num_envs: int) -> None:
+    """Refuse to restore a ``get_state`` snapshot into an env set of another id or size."""
+    if state["env_id"] != env_id or state["num_envs"] != num_envs:
+        raise ValueError(
+            f"state was taken from env {state['env_id']!r} x {state['num_envs']}, not {env_id!r} x {num_envs}"
+        )
+
+
 class EnvError(RuntimeError):
     """An environment failed; the message names the env id and the level seed (issue #6)."""

@@ -26,7 +26,7 @@ from typing import Any
 import gymnasium
 import numpy as np
 
-from multiscene.envs.base import EnvError, EnvSpec, EnvStep, EpisodeStats
+from multiscene.envs.base import EnvError, EnvSpec, EnvStep, EpisodeStats, check_state_matches
 
 RENDER_TILE_SIZE = 8
 
@@ -182,11 +182,7 @@ class MiniGridVecEnv:
 
     def set_state(self, state: Any) -> None:
         """Restore a ``get_state`` snapshot (copied, so the same snapshot can be restored again)."""
-        if state["env_id"] != self.env_id or state["num_envs"] != self.num_envs:
-            raise ValueError(
-                f"state was taken from env {state['env_id']!r} x {state['num_envs']}, "
-                f"not {self.env_id!r} x {self.num_envs}"
-            )
+        check_state_matches(state, self.env_id, self.num_envs)
         self.close()
         self._envs = copy.deepcopy(state["envs"])
         self._rng.bit_generator.state = copy.deepcopy(state["rng"])

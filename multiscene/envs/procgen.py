@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from multiscene.envs import procgen_games
-from multiscene.envs.base import EnvError, EnvSpec, EnvStep, EpisodeStats
+from multiscene.envs.base import EnvError, EnvSpec, EnvStep, EpisodeStats, check_state_matches
 
 NUM_ACTIONS = 15
 OBS_SHAPE = (64, 64, 3)
@@ -231,11 +231,7 @@ class ProcgenVecEnv:
 
     def set_state(self, state: Any) -> None:
         """Restore a ``get_state`` snapshot taken from an env set built from the same env id and num_envs."""
-        if state["env_id"] != self.env_id or state["num_envs"] != self.num_envs:
-            raise ValueError(
-                f"state was taken from env {state['env_id']!r} x {state['num_envs']}, "
-                f"not {self.env_id!r} x {self.num_envs}"
-            )
+        check_state_matches(state, self.env_id, self.num_envs)
         if state["generation"] != self._generation:
             # Later reset() calls must derive the same rand_seeds as the run the state came from.
             self.close()
