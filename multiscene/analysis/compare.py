@@ -30,8 +30,14 @@ from typing import Any
 import numpy as np
 
 from multiscene.analysis import figures, stats
-from multiscene.analysis.report import (Section, episode_rows, filmstrip, jsonable, minigrid_tile_size,
-                                        render_html)
+from multiscene.analysis.report import (
+    Section,
+    episode_rows,
+    filmstrip,
+    jsonable,
+    minigrid_tile_size,
+    render_html,
+)
 from multiscene.analysis.rundata import METHOD_ORDER, RunData, RunDataError, load_run
 
 # Seed 000 Table 1 row order: class-1 games, then class-2 games.
@@ -251,7 +257,7 @@ def _levels_with_episodes(run: RunData, with_frames: bool) -> dict[int, int]:
         return {}
     frames = run.frames("test")
     out: dict[int, int] = {}
-    for ep, level in zip(np.asarray(steps["episode"]).tolist(), np.asarray(steps["level_seed"]).tolist()):
+    for ep, level in zip(np.asarray(steps["episode"]).tolist(), np.asarray(steps["level_seed"]).tolist(), strict=True):
         if (not with_frames or ep in frames) and int(level) not in out:
             out[int(level)] = int(ep)
     return out

@@ -56,7 +56,7 @@ def learning_curves(series: Mapping[str, Mapping[str, tuple[np.ndarray, np.ndarr
     markers; training lines are smoothed over ``smooth_window`` updates.
     """
     fig, axes = plt.subplots(1, len(series), figsize=(6 * len(series), 4), squeeze=False)
-    for ax, (panel, lines) in zip(axes[0], series.items()):
+    for ax, (panel, lines) in zip(axes[0], series.items(), strict=True):
         for label, (x, y) in lines.items():
             if len(x) == 0:
                 continue
@@ -104,7 +104,7 @@ def per_cluster_figure(panels: Mapping[str, Mapping[int, tuple[np.ndarray, np.nd
                        title: str) -> Path:
     """One panel per quantity (contribution rho_i, argmax share, cluster mean V_i), one line per cluster."""
     fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
-    for ax, (name, per_cluster) in zip(axes[0], panels.items()):
+    for ax, (name, per_cluster) in zip(axes[0], panels.items(), strict=True):
         for i, (x, y) in per_cluster.items():
             ax.plot(x, y, color=CLUSTER_COLORS(i % 10), label=f"cluster {i}")
         ax.set_xlabel("environment steps")
@@ -147,7 +147,7 @@ def correlation_figure(points: Mapping[str, tuple[np.ndarray, np.ndarray, dict[s
                        title: str) -> Path:
     """Episode return against mean inverse confusion 1/delta, with Pearson r (seed 000 Fig. 3)."""
     fig, axes = plt.subplots(1, len(points), figsize=(5.5 * len(points), 4), squeeze=False)
-    for ax, (name, (x, y, stats)) in zip(axes[0], points.items()):
+    for ax, (name, (x, y, stats)) in zip(axes[0], points.items(), strict=True):
         ax.scatter(x, y, s=12, alpha=0.6)
         r, p = stats.get("r"), stats.get("p_value")
         label = f"r = {r:.3f}, p = {p:.2g}, n = {stats['n']}" if r is not None else f"r undefined ({stats.get('note')})"
@@ -199,7 +199,7 @@ def grid_paths(panels: Sequence[tuple[str, np.ndarray, Sequence[tuple[str, np.nd
     cell centres, with a small offset per line so two agents on the same cells stay visible.
     """
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4.4), squeeze=False)
-    for ax, (caption, frame, lines, tile) in zip(axes[0], panels):
+    for ax, (caption, frame, lines, tile) in zip(axes[0], panels, strict=True):
         ax.imshow(frame, interpolation="nearest")
         for k, (label, pos) in enumerate(lines):
             offset = (k - (len(lines) - 1) / 2) * tile * 0.15
@@ -226,7 +226,7 @@ def method_curves(panels: Mapping[str, Mapping[str, tuple[np.ndarray, np.ndarray
     panels: panel name -> method -> (x, mean, low, high, number of seeds).
     """
     fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4), squeeze=False)
-    for ax, (panel, methods) in zip(axes[0], panels.items()):
+    for ax, (panel, methods) in zip(axes[0], panels.items(), strict=True):
         for k, (method, (x, mean, low, high, n)) in enumerate(methods.items()):
             color = method_color(method, k)
             ax.plot(x, mean, color=color, label=f"{method} (n={n})")
@@ -244,7 +244,7 @@ def interval_figure(intervals: Mapping[str, Mapping[str, object]], path: Path, t
     """rliable-style interval plot: IQM and mean, point and 95% stratified-bootstrap CI per method."""
     methods = list(intervals)
     fig, axes = plt.subplots(1, 2, figsize=(10, 0.6 * len(methods) + 1.6), squeeze=False)
-    for col, (ax, metric) in enumerate(zip(axes[0], ("iqm", "mean"))):
+    for col, (ax, metric) in enumerate(zip(axes[0], ("iqm", "mean"), strict=True)):
         for k, method in enumerate(methods):
             stats = intervals[method]
             low, high = stats[f"{metric}_ci"]  # type: ignore[misc]

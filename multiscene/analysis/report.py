@@ -32,6 +32,10 @@ from multiscene.analysis.rundata import SPLITS, RunData, RunDataError, load_run
 MINIGRID_DEFAULT_TILE = 32
 """minigrid's TILE_PIXELS: the tile size of a full-grid render when the env module does not say otherwise."""
 
+REPORT_FIGURES = ("learning_curves.png", "confusion.png", "contribution.png", "value_error.png", "clusters_tsne.png",
+                  "cluster_frames.png", "confusion_return.png", "trajectories.png")
+"""Every figure a report can hold (which ones it holds depends on the critic and on what the run recorded)."""
+
 
 @dataclass(frozen=True)
 class ReportOptions:
@@ -301,7 +305,7 @@ def minigrid_tile_size(env: str, frame: np.ndarray) -> int:
     """Pixels per grid cell of a MiniGrid full-grid render.
 
     The grid size in the env id (``DoorKey-5x5``) divides the frame exactly when it is the whole grid; otherwise
-    the env module's ``TILE_SIZE`` when it declares one, else minigrid's default of 32 pixels.
+    the env module's ``RENDER_TILE_SIZE`` (multiscene.envs.minigrid), else minigrid's default of 32 pixels.
     """
     match = re.search(r"-(\d+)x(\d+)", env)
     if match:
@@ -311,7 +315,7 @@ def minigrid_tile_size(env: str, frame: np.ndarray) -> int:
     try:
         from multiscene.envs import minigrid as minigrid_env
 
-        tile = getattr(minigrid_env, "TILE_SIZE", None)
+        tile = getattr(minigrid_env, "RENDER_TILE_SIZE", None)
         if isinstance(tile, int) and tile > 0:
             return tile
     except ImportError:
@@ -409,8 +413,8 @@ def build_report(run_dir: Path | str, opts: ReportOptions = ReportOptions()) -> 
     run = load_run(run_dir)
     out = opts.out_dir or run.path / "report"
     out.mkdir(parents=True, exist_ok=True)
-    for old in out.glob("*.png"):
-        old.unlink()  # figures of an earlier report that this run may no longer produce
+    for name in REPORT_FIGURES:
+        (out / name).unlink(missing_ok=True)  # a figure of an earlier report that this run may no longer produce
     summary: dict[str, Any] = {
         "run_dir": str(run.path), "env": run.env, "critic": run.critic, "method": run.method, "seed": run.seed,
         "num_clusters": run.num_clusters, "multiscene_version": run.version, "partial": run.partial,
