@@ -47,8 +47,17 @@ def parse_train_args(argv: Sequence[str]):  # noqa: ANN201 - returns TrainConfig
     args = list(argv)
     preset_name = _pop_option(args, "--preset") or "quickstart"
     default = replace(get_preset(preset_name), preset=preset_name)
-    return tyro.cli(type(default), default=default, args=args, prog="multiscene train",
-                    description=f"Train one agent across many levels (preset: {preset_name}).")
+    cfg = tyro.cli(type(default), default=default, args=args, prog="multiscene train",
+                   description=f"Train one agent across many levels (preset: {preset_name}).")
+    if cfg.resume and cfg.run_dir and not any(a.startswith("--total-timesteps") for a in args):
+        # A resumed run keeps its own budget unless --total-timesteps is given (the preset's would be wrong).
+        from pathlib import Path
+
+        from multiscene.trainer import CONFIG_FILE, load_config
+
+        if (Path(cfg.run_dir) / CONFIG_FILE).exists():
+            cfg = replace(cfg, total_timesteps=load_config(Path(cfg.run_dir)).total_timesteps)
+    return cfg
 
 
 def cmd_train(argv: Sequence[str]) -> int:

@@ -90,3 +90,18 @@ def test_derived_numbers_are_properties_not_fields():
     assert "batch_size" not in names and "num_updates" not in names
     cfg = get_preset("quickstart")
     assert cfg.batch_size == cfg.num_envs * cfg.num_steps
+
+
+def test_resume_keeps_the_runs_own_budget_unless_given(tmp_path):
+    import json
+
+    from multiscene.trainer import config_record
+
+    run = tmp_path / "run"
+    run.mkdir()
+    saved = dataclasses.replace(get_preset("procgen-easy"), run_dir=str(run))
+    (run / "config.json").write_text(json.dumps(config_record(saved), default=str))
+    cfg = parse_train_args(["--run-dir", str(run), "--resume"])
+    assert cfg.total_timesteps == 25_000_000
+    cfg = parse_train_args(["--run-dir", str(run), "--resume", "--total-timesteps", "30000000"])
+    assert cfg.total_timesteps == 30_000_000
