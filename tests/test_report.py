@@ -228,3 +228,16 @@ def test_not_a_run_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert "does not exist" in capsys.readouterr().err
     with pytest.raises(RunDataError):
         load_run(tmp_path / "empty")
+
+
+def test_run_with_only_a_periodic_evaluation_uses_it_and_is_partial(tmp_path: Path) -> None:
+    run = write_fake_run(tmp_path / "midway", with_eval=False)
+    (run / "eval").mkdir()
+    periodic = {"train": {"return_mean": 0.25, "length_mean": 30.0}, "test": {"return_mean": 0.125, "length_mean": 40.0},
+                "global_step": 2560, "reward_scale": 1.0, "gamma": 0.9}
+    (run / "eval" / "update-00000010.json").write_text(json.dumps(periodic))
+    data = load_run(run)
+    assert data.eval_tag == "update-00000010" and data.partial and not data.steps
+    summary = build_report(run, FAST)
+    assert summary["final_eval"]["test"]["return_mean"] == 0.125
+    assert any("update-00000010.json" in p for p in summary["problems"])

@@ -152,10 +152,10 @@ def table1_markdown(rows: list[dict[str, Any]], methods: list[str]) -> str:
     for game, cells in by_game.items():
         ret, length = [], []
         for m in methods:
-            row = cells.get(m)
-            flag = "*" if row and row["partial_runs"] else ""
-            ret.append(_fmt(row["return_mean"], row["return_std"], flag) if row else "—")
-            length.append(_fmt(row["length_mean"], row["length_std"], flag) if row else "—")
+            cell = cells.get(m)
+            flag = "*" if cell and cell["partial_runs"] else ""
+            ret.append(_fmt(cell["return_mean"], cell["return_std"], flag) if cell else "—")
+            length.append(_fmt(cell["length_mean"], cell["length_std"], flag) if cell else "—")
         lines.append("| " + " | ".join([game] + ret + length) + " |")
     lines += ["", "Final evaluation on test levels (sampled policy), mean ± sample std over seeds. "
               "\\* a cell includes partial runs (no final evaluation: latest periodic one, or left out)."]

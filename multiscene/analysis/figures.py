@@ -247,9 +247,10 @@ def interval_figure(intervals: Mapping[str, Mapping[str, object]], path: Path, t
     for col, (ax, metric) in enumerate(zip(axes[0], ("iqm", "mean"), strict=True)):
         for k, method in enumerate(methods):
             stats = intervals[method]
-            low, high = stats[f"{metric}_ci"]  # type: ignore[misc]
+            bounds: Sequence[float] = stats[f"{metric}_ci"]  # type: ignore[assignment]
+            low, high = float(bounds[0]), float(bounds[1])
             color = method_color(method, k)
-            ax.barh(k, float(high) - float(low), left=float(low), height=0.6, color=color, alpha=0.4)
+            ax.barh(k, high - low, left=low, height=0.6, color=color, alpha=0.4)
             ax.plot([stats[metric]], [k], "|", color=color, ms=18, mew=2)
         ax.set_yticks(range(len(methods)), methods if col == 0 else [""] * len(methods))
         ax.set_title("IQM" if metric == "iqm" else "Mean")

@@ -138,7 +138,8 @@ class RunData:
 
     def histograms(self, key: str = "dve/confusion_hist") -> tuple[np.ndarray, np.ndarray]:
         """(global_step [U], counts [U, bins]) of the logged confusion histograms."""
-        steps, rows = [], []
+        steps: list[float] = []
+        rows: list[list[float]] = []
         for record in self.metrics:
             hist = record.get(key)
             if isinstance(hist, list) and hist and all(isinstance(c, (int, float)) for c in hist):
