@@ -80,7 +80,8 @@ class MetricsLogger:
                     import numpy as np
 
                     counts = np.asarray(value, dtype=float)
-                    edges = np.linspace(0.0, 1.0, len(counts) + 1)
+                    low = record.get(f"{key}_low", 0.0)  # e.g. confusion bins span [1/N_b, 1]
+                    edges = np.linspace(low if isinstance(low, (int, float)) else 0.0, 1.0, len(counts) + 1)
                     centers = np.repeat((edges[:-1] + edges[1:]) / 2, counts.astype(int))
                     if centers.size:
                         self._tb.add_histogram(key, centers, step)

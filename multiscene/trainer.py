@@ -590,6 +590,7 @@ def _rollout_metrics(
         delta = confusion(rollout.alpha)
         out["dve/confusion_mean"] = float(delta.mean())
         out["dve/confusion_hist"] = confusion_histogram(rollout.alpha, torch.ones(rollout.alpha.shape[:2]))
+        out["dve/confusion_hist_low"] = 1.0 / rollout.alpha.shape[-1]  # the bins span [1/N_b, 1]
         share = torch.bincount(rollout.alpha.argmax(-1).flatten(), minlength=rollout.alpha.shape[-1]).float()
         for i, s in enumerate((share / share.sum()).tolist()):
             out[f"dve/argmax_share/{i}"] = s
