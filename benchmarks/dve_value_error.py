@@ -41,10 +41,9 @@ from typing import Any
 
 import numpy as np
 
-from multiscene.config import DVEConfig, TrainConfig
+from multiscene.config import CRITICS, DVEConfig, TrainConfig
 from multiscene.envs.scenes import HIDDEN_PAYOFF_ID, SCENE_PAYOFFS, level_scene
 
-CRITICS: tuple[str, ...] = ("scalar", "dve", "sparse-dve")
 SPLITS: tuple[str, ...] = ("train", "test")
 LAST_T_BUCKET = 6
 """Steps with ``t >= LAST_T_BUCKET`` share one bucket: a trained agent reaches the goal in 5 steps."""

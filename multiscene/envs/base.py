@@ -114,6 +114,16 @@ class VecEnv(Protocol):
     def close(self) -> None: ...
 
 
+def check_actions(actions: np.ndarray, num_envs: int, started: bool) -> np.ndarray:
+    """The actions of one ``step`` as an integer array [num_envs]; a clear error for a misuse."""
+    if not started:
+        raise RuntimeError("call reset() before the first step()")
+    actions = np.asarray(actions)
+    if actions.shape != (num_envs,) or not np.issubdtype(actions.dtype, np.integer):
+        raise ValueError(f"actions must be integers of shape ({num_envs},), got {actions.dtype} {actions.shape}")
+    return actions
+
+
 def check_state_matches(state: dict[str, Any], env_id: str, num_envs: int) -> None:
     """Refuse to restore a ``get_state`` snapshot into an env set of another id or size."""
     if state["env_id"] != env_id or state["num_envs"] != num_envs:

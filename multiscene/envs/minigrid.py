@@ -26,7 +26,7 @@ from typing import Any
 import gymnasium
 import numpy as np
 
-from multiscene.envs.base import EnvError, EnvSpec, EnvStep, EpisodeStats, check_state_matches
+from multiscene.envs.base import EnvError, EnvSpec, EnvStep, EpisodeStats, check_actions, check_state_matches
 
 RENDER_TILE_SIZE = 8
 
@@ -114,13 +114,7 @@ class MiniGridVecEnv:
 
     def step(self, actions: np.ndarray) -> EnvStep:
         """Apply ``actions`` [B] and return the batched result; ended episodes restart on a new level seed."""
-        if not self._started:
-            raise RuntimeError("call reset() before the first step()")
-        actions = np.asarray(actions)
-        if actions.shape != (self.num_envs,) or not np.issubdtype(actions.dtype, np.integer):
-            raise ValueError(
-                f"actions must be integers of shape ({self.num_envs},), got {actions.dtype} {actions.shape}"
-            )
+        actions = check_actions(actions, self.num_envs, self._started)
         n = self.num_envs
         obs = np.empty((n, *self.obs_shape), dtype=np.uint8)
         reward = np.empty(n, dtype=np.float32)

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from multiscene.envs import procgen_games
-from multiscene.envs.base import EnvError, EnvSpec, EnvStep, EpisodeStats, check_state_matches
+from multiscene.envs.base import EnvError, EnvSpec, EnvStep, EpisodeStats, check_actions, check_state_matches
 
 NUM_ACTIONS = 15
 OBS_SHAPE = (64, 64, 3)
@@ -155,13 +155,7 @@ class ProcgenVecEnv:
 
     def step(self, actions: np.ndarray) -> EnvStep:
         """Apply ``actions`` [B] (integers in [0, 15)) and return the batched result (auto-reset)."""
-        if not self._started:
-            raise RuntimeError("call reset() before the first step()")
-        actions = np.asarray(actions)
-        if actions.shape != (self.num_envs,) or not np.issubdtype(actions.dtype, np.integer):
-            raise ValueError(
-                f"actions must be integers of shape ({self.num_envs},), got {actions.dtype} {actions.shape}"
-            )
+        actions = check_actions(actions, self.num_envs, self._started)
         # An out-of-range action is undefined behaviour inside Procgen's C++; refuse it here.
         if actions.size and (actions.min() < 0 or actions.max() >= NUM_ACTIONS):
             raise ValueError(f"actions must lie in [0, {NUM_ACTIONS}), got {actions.min()}..{actions.max()}")
