@@ -1,0 +1,247 @@
+"""Value error of the scalar, DVE and Sparse DVE critics fitted to one frozen behaviour policy (issue 3).
+
+The PPO benchmark (``benchmarks/dve_value_error.py``) could not separate the critics: within its budget no
+critic learned the scene. This benchmark isolates the critic (``multiscene.bench.critic_fit``): it records
+episodes of a fixed behaviour policy on ``MiniGrid-HiddenPayoff-v0`` once (the shortest path to the goal with a
+random action in ``--epsilon`` of the steps), then trains each critic variant, with the library's own encoder,
+LSTM core and critic modules, to predict the realized discounted return-to-go G_t of those episodes. Every
+variant of one seed starts from the same encoder and core weights and sees the same minibatches, so paired
+differences between variants are differences between critics.
+
+Reported, on episodes of held-out levels (disjoint level seeds, same three scenes), over the steps t > 0 (after
+the first step, which looks the same in every level): the mean |V - G| at each evaluation, its mean over the
+whole fit (the area under the error curve, our headline number: it rewards learning the scene early), the final
+error, and the first fit step at which the error fell below ``--learned-below``. Two floors put the numbers in
+scale: the error of the best prediction that knows t only (scene-blind) and t and the scene (scene-aware).
+
+Usage (the numbers in docs/dve_benchmark.md)::
+
+    PYTHONPATH=. python benchmarks/dve_critic_fit.py --seeds 1 2 3 4 5 6 --jobs 2 \\
+        --out-dir runs/dve_critic_fit --json runs/dve_critic_fit/results.json
+
+Finished runs are cached in ``--out-dir`` (one JSON per variant and seed) and reused by a later call with the
+same settings. This is a benchmark, not a test: ``tests/test_critic_fit.py`` runs it on a tiny budget only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import datetime
+import json
+import multiprocessing
+import platform
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+VARIANTS: dict[str, tuple[str, str]] = {
+    "scalar": ("scalar", "core"),
+    "dve": ("dve", "core"),
+    "dve-encoder": ("dve", "encoder"),
+    "sparse-dve": ("sparse-dve", "core"),
+    "sparse-dve-encoder": ("sparse-dve", "encoder"),
+}
+"""Variant name -> (``--critic``, ``--dve.cluster-input``). ``*-encoder``: the cluster means V_i read the
+per-frame encoder output, the weights alpha the LSTM output (SPEC §3.2's switch)."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything shared by all variants and seeds (part of the cache key)."""
+
+    epsilon: float = 0.3
+    train_levels: int = 200
+    episodes_per_level: int = 10
+    test_levels: int = 400
+    test_level_start: int = 10_000
+    gamma: float = 0.99
+    hidden_size: int = 64
+    learning_rate: float = 1e-3
+    steps: int = 3000
+    batch_episodes: int = 32
+    eval_every: int = 250
+    learned_below: float = 0.1
+
+
+def _data(settings: Settings) -> tuple[Any, Any]:
+    from multiscene.bench.critic_fit import collect_episodes, hidden_payoff_policy
+    from multiscene.envs.scenes import HIDDEN_PAYOFF_ID
+
+    policy = hidden_payoff_policy(settings.epsilon)
+    train_seeds = np.repeat(np.arange(settings.train_levels), settings.episodes_per_level)
+    test_seeds = np.arange(settings.test_level_start, settings.test_level_start + settings.test_levels)
+    train = collect_episodes(HIDDEN_PAYOFF_ID, train_seeds, policy, settings.gamma, seed=0)
+    test = collect_episodes(HIDDEN_PAYOFF_ID, test_seeds, policy, settings.gamma, seed=1)
+    return train, test
+
+
+def floors(test: Any) -> dict[str, float]:
+    """Mean |G - m| over t > 0 of the best per-group constant m (the median) when the groups are t only
+    (scene-blind) or t and the scene (scene-aware)."""
+    from multiscene.envs.scenes import level_scene
+
+    scene = np.array([level_scene(int(s)) for s in test.level_seed])
+    out = {}
+    for name, keys in (("scene_blind", np.zeros_like(scene)), ("scene_aware", scene)):
+        errors = []
+        for t in range(1, test.valid.shape[0]):
+            valid = test.valid[t]
+            for key in np.unique(keys[valid]):
+                g = test.returns[t][valid & (keys == key)]
+                errors.append(np.abs(g - np.median(g)))
+        out[name] = float(np.concatenate(errors).mean())
+    return out
+
+
+def run_one(variant: str, seed: int, settings: Settings, out_dir: Path) -> dict[str, Any]:
+    """Fit one variant for one seed (cached as ``out_dir/<variant>-<seed>.json``)."""
+    import torch
+
+    from multiscene.bench.critic_fit import fit_critic
+    from multiscene.config import DVEConfig, TrainConfig
+    from multiscene.envs.scenes import HIDDEN_PAYOFF_ID
+
+    path = out_dir / f"{variant}-{seed}.json"
+    if path.exists():
+        cached = json.loads(path.read_text())
+        if cached.get("settings") == asdict(settings):
+            return cached
+    torch.set_num_threads(1)
+    train, test = _data(settings)
+    critic, cluster_input = VARIANTS[variant]
+    cfg = TrainConfig(
+        env=HIDDEN_PAYOFF_ID,
+        critic=critic,  # type: ignore[arg-type]
+        hidden_size=settings.hidden_size,
+        learning_rate=settings.learning_rate,
+        gamma=settings.gamma,
+        total_timesteps=settings.steps,  # the L_CC schedule's clock: fit steps
+        dve=DVEConfig(cluster_input=cluster_input),  # type: ignore[arg-type]
+    )
+    result = fit_critic(cfg, train, test, settings.steps, settings.batch_episodes, settings.eval_every, seed)
+    curve = result.curve
+    after = np.array([entry["error_after"] for entry in curve])
+    learned = [int(entry["step"]) for entry in curve if entry["error_after"] < settings.learned_below]
+    record = {
+        "variant": variant,
+        "seed": seed,
+        "settings": asdict(settings),
+        "curve": curve,
+        "auc_error_after": float(after.mean()),
+        "final_error_after": float(after[-1]),
+        "final_error_t0": float(curve[-1]["error_t0"]),
+        "learned_step": learned[0] if learned else None,
+        "final_confusion": curve[-1].get("confusion"),
+        "seconds": result.seconds,
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(record, indent=1))
+    tmp.replace(path)
+    return record
+
+
+def summarize(records: list[dict[str, Any]], variants: list[str], seeds: list[int]) -> dict[str, Any]:
+    by = {(r["variant"], r["seed"]): r for r in records}
+    summary: dict[str, Any] = {}
+    for variant in variants:
+        rows = [by[(variant, s)] for s in seeds]
+        auc = np.array([r["auc_error_after"] for r in rows])
+        final = np.array([r["final_error_after"] for r in rows])
+        entry: dict[str, Any] = {
+            "auc_mean": float(auc.mean()),
+            "auc_sem": float(auc.std(ddof=1) / np.sqrt(len(auc))) if len(auc) > 1 else float("nan"),
+            "final_mean": float(final.mean()),
+            "final_sem": float(final.std(ddof=1) / np.sqrt(len(final))) if len(final) > 1 else float("nan"),
+            "learned_steps": [r["learned_step"] for r in rows],
+            "final_confusion": [r["final_confusion"] for r in rows],
+            "curve_mean": np.mean([[e["error_after"] for e in r["curve"]] for r in rows], axis=0).tolist(),
+            "curve_steps": [int(e["step"]) for e in rows[0]["curve"]],
+        }
+        if variant != "scalar" and "scalar" in variants:
+            diff = auc - np.array([by[("scalar", s)]["auc_error_after"] for s in seeds])
+            entry["auc_minus_scalar"] = diff.tolist()
+            entry["auc_minus_scalar_mean"] = float(diff.mean())
+            entry["auc_minus_scalar_sem"] = (
+                float(diff.std(ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else float("nan")
+            )
+            entry["seeds_below_scalar"] = int((diff < 0).sum())
+        summary[variant] = entry
+    return summary
+
+
+def print_table(summary: dict[str, Any], floor: dict[str, float], seeds: list[int]) -> None:
+    print(f"\nheld-out levels, |V - G| over t > 0; mean ± s.e.m. over {len(seeds)} seeds")
+    print(f"scene-blind floor {floor['scene_blind']:.3f}   scene-aware floor {floor['scene_aware']:.3f}")
+    print(f"{'variant':<20} {'AUC':>15} {'final':>15} {'AUC - scalar':>17} {'< scalar':>9}  learned at step")
+    for variant, e in summary.items():
+        diff = (f"{e['auc_minus_scalar_mean']:+.3f} ± {e['auc_minus_scalar_sem']:.3f}"
+                if "auc_minus_scalar_mean" in e else "")
+        below = f"{e['seeds_below_scalar']}/{len(seeds)}" if "seeds_below_scalar" in e else ""
+        learned = ", ".join("-" if s is None else str(s) for s in e["learned_steps"])
+        print(f"{variant:<20} {e['auc_mean']:.3f} ± {e['auc_sem']:.3f}   {e['final_mean']:.3f} ± {e['final_sem']:.3f}"
+              f"   {diff:>17} {below:>9}  {learned}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    defaults = Settings()
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3, 4, 5, 6])
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    p.add_argument("--jobs", type=int, default=1, help="parallel processes (one torch thread each)")
+    p.add_argument("--out-dir", type=Path, default=Path("runs/dve_critic_fit"))
+    p.add_argument("--json", type=Path, default=None, help="write settings, floors, per-run records and summary")
+    for name, value in asdict(defaults).items():
+        p.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
+    ns = p.parse_args(argv)
+    settings = Settings(**{k: getattr(ns, k) for k in asdict(defaults)})
+    if settings.steps < 1 or settings.eval_every < 1 or settings.batch_episodes < 1:
+        p.error("--steps, --eval-every and --batch-episodes must be >= 1")
+    if settings.batch_episodes > settings.train_levels * settings.episodes_per_level:
+        p.error("--batch-episodes must not exceed --train-levels x --episodes-per-level")
+    if ns.jobs < 1:
+        p.error("--jobs must be >= 1")
+
+    start = time.time()
+    jobs = [(v, s) for s in ns.seeds for v in ns.variants]
+    records: list[dict[str, Any]] = []
+    if ns.jobs == 1:
+        for v, s in jobs:
+            records.append(run_one(v, s, settings, ns.out_dir))
+            print(f"{v} seed {s}: AUC {records[-1]['auc_error_after']:.3f}", flush=True)
+    else:
+        ctx = multiprocessing.get_context("spawn")
+        with concurrent.futures.ProcessPoolExecutor(ns.jobs, mp_context=ctx) as pool:
+            futures = {pool.submit(run_one, v, s, settings, ns.out_dir): (v, s) for v, s in jobs}
+            for future in concurrent.futures.as_completed(futures):
+                record = future.result()
+                records.append(record)
+                print(f"{record['variant']} seed {record['seed']}: AUC {record['auc_error_after']:.3f}", flush=True)
+    _, test = _data(settings)
+    floor = floors(test)
+    summary = summarize(records, ns.variants, ns.seeds)
+    print_table(summary, floor, ns.seeds)
+    wall = time.time() - start
+    print(f"\nwall time {wall:.0f} s")
+    if ns.json is not None:
+        ns.json.parent.mkdir(parents=True, exist_ok=True)
+        ns.json.write_text(json.dumps({
+            "settings": asdict(settings),
+            "seeds": ns.seeds,
+            "floors": floor,
+            "summary": summary,
+            "runs": sorted(records, key=lambda r: (r["variant"], r["seed"])),
+            "machine": {"platform": platform.platform(), "python": sys.version.split()[0]},
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "wall_seconds": wall,
+        }, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
