@@ -13,6 +13,9 @@ the first step, which looks the same in every level): the mean |V - G| at each e
 whole fit (the area under the error curve, our headline number: it rewards learning the scene early), the final
 error, and the first fit step at which the error fell below ``--learned-below``. Two floors put the numbers in
 scale: the error of the best prediction that knows t only (scene-blind) and t and the scene (scene-aware).
+For the DVE critics it also prints the final mean confusion ``delta`` and the normalized mutual information
+(scikit-learn) between the argmax cluster and the level's scene over the held-out steps t > 0: 0 when the
+clusters ignore the scene, 1 when each scene has its own cluster.
 
 Usage (the numbers in docs/dve_benchmark.md)::
 
@@ -125,6 +128,16 @@ def run_one(variant: str, seed: int, settings: Settings, out_dir: Path) -> dict[
     )
     result = fit_critic(cfg, train, test, settings.steps, settings.batch_episodes, settings.eval_every, seed)
     curve = result.curve
+    scene_clusters = None
+    if result.alpha is not None:
+        # Which cluster wins the argmax at each step t > 0 of the held-out episodes, against the level's scene.
+        from multiscene.analysis.stats import cluster_level_purity
+        from multiscene.envs.scenes import level_scene
+
+        after = test.valid.copy()
+        after[0] = False
+        scene = np.broadcast_to(np.array([level_scene(int(s)) for s in test.level_seed]), after.shape)
+        scene_clusters = cluster_level_purity(result.alpha.argmax(axis=-1)[after], scene[after])
     after = np.array([entry["error_after"] for entry in curve])
     learned = [int(entry["step"]) for entry in curve if entry["error_after"] < settings.learned_below]
     record = {
@@ -137,6 +150,7 @@ def run_one(variant: str, seed: int, settings: Settings, out_dir: Path) -> dict[
         "final_error_t0": float(curve[-1]["error_t0"]),
         "learned_step": learned[0] if learned else None,
         "final_confusion": curve[-1].get("confusion"),
+        "scene_clusters": scene_clusters,
         "seconds": result.seconds,
     }
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -160,6 +174,9 @@ def summarize(records: list[dict[str, Any]], variants: list[str], seeds: list[in
             "final_sem": float(final.std(ddof=1) / np.sqrt(len(final))) if len(final) > 1 else float("nan"),
             "learned_steps": [r["learned_step"] for r in rows],
             "final_confusion": [r["final_confusion"] for r in rows],
+            "scene_nmi": [None if r["scene_clusters"] is None else r["scene_clusters"]["nmi"] for r in rows],
+            "clusters_used": [None if r["scene_clusters"] is None else r["scene_clusters"]["clusters_used"]
+                              for r in rows],
             "curve_mean": np.mean([[e["error_after"] for e in r["curve"]] for r in rows], axis=0).tolist(),
             "curve_steps": [int(e["step"]) for e in rows[0]["curve"]],
         }
@@ -178,14 +195,19 @@ def summarize(records: list[dict[str, Any]], variants: list[str], seeds: list[in
 def print_table(summary: dict[str, Any], floor: dict[str, float], seeds: list[int]) -> None:
     print(f"\nheld-out levels, |V - G| over t > 0; mean ± s.e.m. over {len(seeds)} seeds")
     print(f"scene-blind floor {floor['scene_blind']:.3f}   scene-aware floor {floor['scene_aware']:.3f}")
-    print(f"{'variant':<20} {'AUC':>15} {'final':>15} {'AUC - scalar':>17} {'< scalar':>9}  learned at step")
+    print(f"{'variant':<20} {'AUC':>15} {'final':>15} {'AUC - scalar':>17} {'< scalar':>9} {'delta':>6} {'NMI':>6}"
+          "  learned at step")
     for variant, e in summary.items():
         diff = (f"{e['auc_minus_scalar_mean']:+.3f} ± {e['auc_minus_scalar_sem']:.3f}"
                 if "auc_minus_scalar_mean" in e else "")
         below = f"{e['seeds_below_scalar']}/{len(seeds)}" if "seeds_below_scalar" in e else ""
         learned = ", ".join("-" if s is None else str(s) for s in e["learned_steps"])
+        nmi = [v for v in e["scene_nmi"] if v is not None]
+        scene = f"{np.mean(nmi):.2f}" if nmi else ""
+        confusion = [v for v in e["final_confusion"] if v is not None]
+        delta = f"{np.mean(confusion):.2f}" if confusion else ""
         print(f"{variant:<20} {e['auc_mean']:.3f} ± {e['auc_sem']:.3f}   {e['final_mean']:.3f} ± {e['final_sem']:.3f}"
-              f"   {diff:>17} {below:>9}  {learned}")
+              f"   {diff:>17} {below:>9} {delta:>6} {scene:>6}  {learned}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -107,6 +107,8 @@ def test_fit_lowers_the_error_of_every_critic(critic: str, cluster_input: str) -
     else:
         assert result.alpha is not None and result.alpha.shape == (*data.valid.shape, 3)
         assert 1 / 3 - 1e-6 <= result.curve[-1]["confusion"] <= 1 + 1e-6
+        shares = [result.curve[-1][f"argmax_share/{i}"] for i in range(3)]
+        assert sum(shares) == pytest.approx(1.0)
 
 
 def test_sparse_dve_fit_applies_lcc() -> None:
@@ -155,6 +157,13 @@ def test_benchmark_script_tiny_budget(tmp_path: Path, capsys: pytest.CaptureFixt
     paired = [r["auc_error_after"] for r in results["runs"] if r["variant"] == "dve-encoder"]
     scalar = [r["auc_error_after"] for r in results["runs"] if r["variant"] == "scalar"]
     np.testing.assert_allclose(dve["auc_minus_scalar"], np.array(paired) - np.array(scalar))
+    for run in results["runs"]:
+        if run["variant"] == "scalar":
+            assert run["scene_clusters"] is None
+        else:
+            clusters = run["scene_clusters"]
+            assert 0.0 <= clusters["nmi"] <= 1.0 and 1 <= clusters["clusters_used"] <= 3
+            assert clusters["levels"] <= 3  # "levels" are the scenes here
 
     # a second call with the same settings reuses the cached runs; changed settings refit
     cached = tmp_path / "runs" / "scalar-1.json"

@@ -208,7 +208,8 @@ class FitResult:
     critic: str
     curve: list[dict[str, float]] = field(default_factory=list)
     """One entry per evaluation: ``step``, ``error`` (all steps), ``error_t0``, ``error_after`` (t > 0),
-    ``confusion`` (DVE critics), ``loss``."""
+    ``loss`` (of the last training step), and for DVE critics ``confusion`` and ``argmax_share/i`` (share of
+    valid steps whose largest weight is cluster i)."""
     value: np.ndarray | None = None
     """[T, E] final predictions on the evaluation episodes."""
     alpha: np.ndarray | None = None
@@ -263,8 +264,12 @@ def fit_critic(
         pred = predict(agent, evaluate, device)
         entry: dict[str, float] = {"step": float(step), "loss": loss, **value_errors(pred["value"], evaluate)}
         if "alpha" in pred:
-            delta = confusion(torch.from_numpy(pred["alpha"])).numpy()
+            alpha = pred["alpha"]
+            delta = confusion(torch.from_numpy(alpha)).numpy()
             entry["confusion"] = float(delta[evaluate.valid].mean())
+            winner = alpha.argmax(axis=-1)[evaluate.valid]
+            for i in range(alpha.shape[-1]):
+                entry[f"argmax_share/{i}"] = float((winner == i).mean())
         result.curve.append(entry)
 
     loss_value = math.nan
