@@ -20,7 +20,7 @@ clusters ignore the scene, 1 when each scene has its own cluster.
 Usage (the numbers in docs/dve_benchmark.md)::
 
     PYTHONPATH=. python benchmarks/dve_critic_fit.py --seeds 1 2 3 4 5 6 --jobs 2 \\
-        --out-dir runs/dve_critic_fit --json runs/dve_critic_fit/results.json
+        --out-dir runs/dve_critic_fit --json runs/dve_critic_fit/results.json --figure runs/dve_critic_fit/curves.png
 
 Finished runs are cached in ``--out-dir`` (one JSON per variant and seed) and reused by a later call with the
 same settings. This is a benchmark, not a test: ``tests/test_critic_fit.py`` runs it on a tiny budget only.
@@ -210,6 +210,28 @@ def print_table(summary: dict[str, Any], floor: dict[str, float], seeds: list[in
               f"   {diff:>17} {below:>9} {delta:>6} {scene:>6}  {learned}")
 
 
+def plot(summary: dict[str, Any], floor: dict[str, float], path: Path) -> None:
+    """Mean held-out error (t > 0) over the fit, one line per variant, with both floors."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    for variant, entry in summary.items():
+        ax.plot(entry["curve_steps"], entry["curve_mean"], marker="o", markersize=3, label=variant)
+    ax.axhline(floor["scene_blind"], color="grey", linestyle="--", linewidth=1, label="scene-blind floor")
+    ax.axhline(floor["scene_aware"], color="black", linestyle=":", linewidth=1, label="scene-aware floor")
+    ax.set_xlabel("fit step (minibatch of episodes)")
+    ax.set_ylabel("held-out |V - G|, t > 0 (mean over seeds)")
+    ax.set_title("MiniGrid-HiddenPayoff-v0, frozen behaviour policy")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def main(argv: list[str] | None = None) -> int:
     defaults = Settings()
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -218,6 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--jobs", type=int, default=1, help="parallel processes (one torch thread each)")
     p.add_argument("--out-dir", type=Path, default=Path("runs/dve_critic_fit"))
     p.add_argument("--json", type=Path, default=None, help="write settings, floors, per-run records and summary")
+    p.add_argument("--figure", type=Path, default=None, help="write the mean error curves as a PNG")
     for name, value in asdict(defaults).items():
         p.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
     ns = p.parse_args(argv)
@@ -248,6 +271,8 @@ def main(argv: list[str] | None = None) -> int:
     floor = floors(test)
     summary = summarize(records, ns.variants, ns.seeds)
     print_table(summary, floor, ns.seeds)
+    if ns.figure is not None:
+        plot(summary, floor, ns.figure)
     wall = time.time() - start
     print(f"\nwall time {wall:.0f} s")
     if ns.json is not None:

@@ -144,12 +144,13 @@ def test_benchmark_script_tiny_budget(tmp_path: Path, capsys: pytest.CaptureFixt
     args = ["--steps", "6", "--eval-every", "3", "--train-levels", "6", "--episodes-per-level", "2",
             "--test-levels", "8", "--batch-episodes", "4", "--hidden-size", "8", "--seeds", "1", "2",
             "--variants", "scalar", "dve-encoder", "sparse-dve", "--out-dir", str(tmp_path / "runs"),
-            "--json", str(tmp_path / "results.json")]
+            "--json", str(tmp_path / "results.json"), "--figure", str(tmp_path / "curves.png")]
     assert script.main(args) == 0
     out = capsys.readouterr().out
     for field in ("scene-blind floor", "scene-aware floor", "AUC - scalar", "dve-encoder", "wall time"):
         assert field in out
     results = json.loads((tmp_path / "results.json").read_text())
+    assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert set(results["summary"]) == {"scalar", "dve-encoder", "sparse-dve"}
     assert len(results["runs"]) == 6
     assert results["floors"]["scene_aware"] < results["floors"]["scene_blind"]
