@@ -174,8 +174,8 @@ def summarize(records: list[dict[str, Any]], variants: list[str], seeds: list[in
             "final_sem": float(final.std(ddof=1) / np.sqrt(len(final))) if len(final) > 1 else float("nan"),
             "learned_steps": [r["learned_step"] for r in rows],
             "final_confusion": [r["final_confusion"] for r in rows],
-            "scene_nmi": [None if r["scene_clusters"] is None else r["scene_clusters"]["nmi"] for r in rows],
-            "clusters_used": [None if r["scene_clusters"] is None else r["scene_clusters"]["clusters_used"]
+            "scene_nmi": [None if r.get("scene_clusters") is None else r["scene_clusters"]["nmi"] for r in rows],
+            "clusters_used": [None if r.get("scene_clusters") is None else r["scene_clusters"]["clusters_used"]
                               for r in rows],
             "curve_mean": np.mean([[e["error_after"] for e in r["curve"]] for r in rows], axis=0).tolist(),
             "curve_steps": [int(e["step"]) for e in rows[0]["curve"]],

@@ -128,6 +128,8 @@ def test_fit_rejects_bad_sizes() -> None:
     data = collect_episodes(HIDDEN_PAYOFF_ID, np.arange(4), hidden_payoff_policy(0.0), 0.99, seed=0)
     with pytest.raises(ValueError, match="steps"):
         fit_critic(_config("scalar"), data, data, steps=0, batch_episodes=2, eval_every=1, seed=0)
+    with pytest.raises(ValueError, match="batch_episodes"):
+        fit_critic(_config("scalar"), data, data, steps=1, batch_episodes=5, eval_every=1, seed=0)
 
 
 def _load_script() -> ModuleType:

@@ -252,6 +252,8 @@ def fit_critic(
     device = torch.device(device)
     if steps < 1 or batch_episodes < 1 or eval_every < 1:
         raise ValueError(f"steps, batch_episodes and eval_every must be >= 1, got {steps}, {batch_episodes}, {eval_every}")
+    if batch_episodes > train.num_episodes:
+        raise ValueError(f"batch_episodes ({batch_episodes}) exceeds the {train.num_episodes} training episodes")
     torch.manual_seed(seed)
     agent = Agent(tuple(train.obs.shape[2:]), train.num_actions, cfg).to(device)
     optimizer = torch.optim.Adam(agent.parameters(), lr=cfg.learning_rate, eps=1e-5)
@@ -286,7 +288,8 @@ def fit_critic(
         loss = cfg.vf_coef * mse
         scales = schedule.scales(step)
         if scales:
-            terms = agent.critic.aux_losses(CriticOutput(values=out.values, extras=out.extras), valid)
+            critic_out = CriticOutput(values=out.values, extras=out.extras)
+            terms = agent.critic.aux_losses(critic_out, valid, first=first)  # one episode per column
             for name, term in terms.items():
                 loss = loss + scales[name] * term
         optimizer.zero_grad()
