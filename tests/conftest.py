@@ -1,5 +1,10 @@
 from __future__ import annotations
 
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
 import torch
 
 from multiscene.config import DVEConfig, TrainConfig, replace
@@ -36,3 +41,14 @@ def tiny_config(run_dir: str, env: str = "MiniGrid-DoorKey-5x5-v0", critic: str 
         dve=DVEConfig(schedule="pre-boost", k1=0.05, k2=0.05),
     )
     return replace(cfg, **changes) if changes else cfg
+
+
+def load_benchmark_script(filename: str) -> ModuleType:
+    """benchmarks/ is not a package: load one of its scripts as a module by path (registered in sys.modules)."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / filename
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[path.stem] = module
+    spec.loader.exec_module(module)
+    return module

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 from types import ModuleType
 
 import numpy as np
 import pytest
 import torch
+from conftest import load_benchmark_script
 
 from multiscene.bench.critic_fit import (
     collect_episodes,
@@ -22,8 +21,6 @@ from multiscene.bench.critic_fit import (
 from multiscene.config import DVEConfig, TrainConfig
 from multiscene.envs.scenes import HIDDEN_PAYOFF_ID, level_payoff
 from multiscene.models.agent import Agent
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def _config(critic: str, cluster_input: str = "core", **changes: object) -> TrainConfig:
@@ -133,12 +130,7 @@ def test_fit_rejects_bad_sizes() -> None:
 
 
 def _load_script() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("dve_critic_fit", REPO / "benchmarks" / "dve_critic_fit.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["dve_critic_fit"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark_script("dve_critic_fit.py")
 
 
 def test_benchmark_script_tiny_budget(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

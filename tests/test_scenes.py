@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 from types import ModuleType
 
 import gymnasium
 import numpy as np
 import pytest
+from conftest import load_benchmark_script
 
 from multiscene.envs import EnvSpec, LevelSet, make_env
 from multiscene.envs.scenes import (
@@ -26,17 +25,10 @@ from multiscene.envs.scenes import (
 LEFT, RIGHT, FORWARD = 0, 1, 2
 SHORTEST_PATH = (RIGHT, RIGHT, FORWARD, FORWARD, FORWARD)
 """Turn around (the cue and the goal are south of the start) and walk over the cue onto the goal."""
-REPO = Path(__file__).resolve().parents[1]
 
 
 def _load_benchmark() -> ModuleType:
-    """benchmarks/ is not a package: load the script as a module by path."""
-    spec = importlib.util.spec_from_file_location("dve_value_error", REPO / "benchmarks" / "dve_value_error.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["dve_value_error"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark_script("dve_value_error.py")
 
 
 def _walk(seed: int, actions: tuple[int, ...]) -> tuple[list[np.ndarray], list[float], bool]:
