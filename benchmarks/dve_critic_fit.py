@@ -86,19 +86,18 @@ def _data(settings: Settings) -> tuple[Any, Any]:
 def floors(test: Any) -> dict[str, float]:
     """Mean |G - m| over t > 0 of the best per-group constant m (the median) when the groups are t only
     (scene-blind) or t and the scene (scene-aware)."""
+    from multiscene.analysis.stats import mean_abs_to_group_median
     from multiscene.envs.scenes import level_scene
 
-    scene = np.array([level_scene(int(s)) for s in test.level_seed])
-    out = {}
-    for name, keys in (("scene_blind", np.zeros_like(scene)), ("scene_aware", scene)):
-        errors = []
-        for t in range(1, test.valid.shape[0]):
-            valid = test.valid[t]
-            for key in np.unique(keys[valid]):
-                g = test.returns[t][valid & (keys == key)]
-                errors.append(np.abs(g - np.median(g)))
-        out[name] = float(np.concatenate(errors).mean())
-    return out
+    after = test.valid.copy()
+    after[0] = False
+    t = np.broadcast_to(np.arange(after.shape[0])[:, None], after.shape)[after]
+    scene = np.broadcast_to(np.array([level_scene(int(s)) for s in test.level_seed]), after.shape)[after]
+    g = test.returns[after]
+    return {
+        "scene_blind": mean_abs_to_group_median(g, t),
+        "scene_aware": mean_abs_to_group_median(g, np.stack([t, scene], axis=1)),
+    }
 
 
 def run_one(variant: str, seed: int, settings: Settings, out_dir: Path) -> dict[str, Any]:

@@ -41,6 +41,7 @@ from typing import Any
 
 import numpy as np
 
+from multiscene.analysis.stats import mean_abs_to_group_median
 from multiscene.config import CRITICS, DVEConfig, TrainConfig
 from multiscene.envs.scenes import HIDDEN_PAYOFF_ID, SCENE_PAYOFFS, level_scene
 
@@ -127,16 +128,6 @@ def returns_to_go(episode: np.ndarray, t: np.ndarray, reward: np.ndarray, gamma:
     return g
 
 
-def _mean_abs_to_group_median(values: np.ndarray, groups: np.ndarray) -> float:
-    """Mean over rows of |value - median of its group|: the best mean absolute error of a predictor that only
-    knows the group."""
-    error = np.empty_like(values)
-    for key in np.unique(groups, axis=0):
-        rows = np.all(groups == key, axis=1) if groups.ndim > 1 else groups == key
-        error[rows] = np.abs(values[rows] - np.median(values[rows]))
-    return float(error.mean())
-
-
 def analyse_split(path: Path) -> dict[str, Any]:
     """Value error of one ``final_steps_{split}.npz``: overall, by t, by scene, per level, plus floors and, for
     DVE critics, confusion and cluster purity."""
@@ -171,10 +162,10 @@ def analyse_split(path: Path) -> dict[str, Any]:
         "error": float(error.mean()),
         "error_t0": float(error[t == 0].mean()),
         "error_after_start": float(error[t > 0].mean()) if (t > 0).any() else None,
-        "scene_blind_floor": _mean_abs_to_group_median(g, t_bucket),
-        "scene_aware_floor": _mean_abs_to_group_median(g, np.stack([t_bucket, scene], axis=1)),
+        "scene_blind_floor": mean_abs_to_group_median(g, t_bucket),
+        "scene_aware_floor": mean_abs_to_group_median(g, np.stack([t_bucket, scene], axis=1)),
         "scene_blind_floor_after_start": (
-            _mean_abs_to_group_median(g[t > 0], t_bucket[t > 0]) if (t > 0).any() else None
+            mean_abs_to_group_median(g[t > 0], t_bucket[t > 0]) if (t > 0).any() else None
         ),
         "by_t": by_t,
         "by_scene": {

@@ -176,3 +176,16 @@ def test_benchmark_script_bad_input(tmp_path: Path) -> None:
         script.main(["--steps", "0", "--out-dir", str(tmp_path)])
     with pytest.raises(SystemExit):
         script.main(["--variants", "nonsense", "--out-dir", str(tmp_path)])
+
+
+def test_mean_abs_to_group_median_by_hand() -> None:
+    from multiscene.analysis.stats import mean_abs_to_group_median
+
+    values = np.array([1.0, 2.0, 6.0, 10.0, 10.0])
+    # one group: median 6 -> |1-6| + |2-6| + 0 + 4 + 4 = 17 over 5 rows
+    assert mean_abs_to_group_median(values, np.zeros(5)) == pytest.approx(17 / 5)
+    # groups {1, 2, 6} (median 2: 1 + 0 + 4) and {10, 10} (0)
+    assert mean_abs_to_group_median(values, np.array([0, 0, 0, 1, 1])) == pytest.approx(5 / 5)
+    # two-column keys: (0, 0) = {1, 2} (median 1.5: 0.5 + 0.5), (0, 1) = {6}, (1, 1) = {10, 10}
+    keys = np.array([[0, 0], [0, 0], [0, 1], [1, 1], [1, 1]])
+    assert mean_abs_to_group_median(values, keys) == pytest.approx(1 / 5)

@@ -179,6 +179,16 @@ def pearson(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray) ->
     return {"r": float(result.statistic), "p_value": float(result.pvalue), "n": int(len(x))}
 
 
+def mean_abs_to_group_median(values: np.ndarray, groups: np.ndarray) -> float:
+    """Mean over rows of |value - median of its group|: the best mean absolute error of a predictor that only
+    knows the group. values [N]; groups [N] or [N, K] (rows with equal keys form a group)."""
+    error = np.empty_like(values, dtype=np.float64)
+    for key in np.unique(groups, axis=0):
+        rows = np.all(groups == key, axis=1) if groups.ndim > 1 else groups == key
+        error[rows] = np.abs(values[rows] - np.median(values[rows]))
+    return float(error.mean())
+
+
 def cluster_level_purity(cluster: np.ndarray, level: np.ndarray) -> dict[str, Any]:
     """How clusters (argmax of alpha) and levels line up, over the given states.
 
