@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import datetime
+import functools
 import json
 import multiprocessing
 import platform
@@ -71,7 +72,9 @@ class Settings:
     learned_below: float = 0.1
 
 
+@functools.lru_cache(maxsize=1)
 def _data(settings: Settings) -> tuple[Any, Any]:
+    """Training and held-out episodes of the behaviour policy (recorded once per process and settings)."""
     from multiscene.bench.critic_fit import collect_episodes, hidden_payoff_policy
     from multiscene.envs.scenes import HIDDEN_PAYOFF_ID
 
