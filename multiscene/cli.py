@@ -38,14 +38,23 @@ def _pop_option(argv: list[str], name: str) -> str | None:
     return None
 
 
+def _peek_option(argv: list[str], name: str) -> str | None:
+    """The value of ``--name VALUE`` or ``--name=VALUE`` in argv (left in place)."""
+    args = list(argv)
+    return _pop_option(args, name)
+
+
 def parse_train_args(argv: Sequence[str]):  # noqa: ANN201 - returns TrainConfig (lazy import keeps --help fast)
     import tyro
 
     from multiscene.config import replace
-    from multiscene.presets import get_preset
+    from multiscene.presets import default_preset, get_preset
 
     args = list(argv)
-    preset_name = _pop_option(args, "--preset") or "quickstart"
+    # Without --preset, the defaults follow the env family and the algorithm (issue 15): --env coinrun starts
+    # from procgen-easy, --env HalfCheetah-v5 --algo acktr from acktr-mujoco; no --env: the quickstart.
+    preset_name = _pop_option(args, "--preset") or default_preset(_peek_option(args, "--env"),
+                                                                  _peek_option(args, "--algo"))
     default = replace(get_preset(preset_name), preset=preset_name)
     cfg = tyro.cli(type(default), default=default, args=args, prog="multiscene train",
                    description=f"Train one agent across many levels (preset: {preset_name}).")

@@ -1,18 +1,21 @@
 """Typed, frozen configuration for training (tyro turns it into the CLI).
 
-Common fields are flat, CleanRL-style flags (``--env``, ``--num-envs``, ``--critic``...). Each critic's own
-options live in their own group (``--dve.num-clusters``). Derived numbers are properties, never written back.
-Presets (``--preset NAME``) are plain Python functions returning a config; every field stays overridable.
+Common fields are flat, CleanRL-style flags (``--env``, ``--num-envs``, ``--algo``, ``--critic``...). Each
+algorithm's, critic's and auxiliary loss's own options live in their own group (``--dve.num-clusters``,
+``--a2c.rms-alpha``). ``TrainConfig`` is ``CommonConfig`` plus one field per group, assembled from
+``multiscene.registry`` at import: registering a part with a ``config_group`` is all it takes to add its flags.
+Derived numbers are properties, never written back. Presets (``--preset NAME``) are plain Python functions
+returning a config; every field stays overridable.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-CriticName = Literal["scalar", "dve", "sparse-dve"]
-CRITICS: tuple[str, ...] = ("scalar", "dve", "sparse-dve")
+from multiscene import registry as _registry
+
 ScheduleName = Literal["off", "pre-boost", "post-boost", "post-boost-auto"]
 SCHEDULES: tuple[str, ...] = ("off", "pre-boost", "post-boost", "post-boost-auto")
 
@@ -55,8 +58,8 @@ class DVEConfig:
 
 
 @dataclass(frozen=True)
-class TrainConfig:
-    """Train one agent across many levels of a game (``multiscene train``)."""
+class CommonConfig:
+    """The fields every algorithm shares; ``TrainConfig`` adds one field per config group of the registry."""
 
     preset: str = "quickstart"
     """Named preset the other fields start from (quickstart, procgen-easy, procgen-hard, cleanrl-procgen,
@@ -72,9 +75,13 @@ class TrainConfig:
     total_timesteps: int = 150_000
     """Training budget in environment steps."""
     run_dir: str | None = None
-    """Where the run is written; default runs/<env>-<critic>-s<seed>."""
-    critic: CriticName = "scalar"
-    """Critic: scalar (RL² baseline), dve, sparse-dve."""
+    """Where the run is written; default runs/<env>-<algo>-<critic>-s<seed>."""
+    algo: str = "ppo"
+    """Algorithm (multiscene/registry.py): ppo, a2c, acktr."""
+    critic: str = "scalar"
+    """Critic (multiscene/registry.py): scalar (RL² baseline), dve, sparse-dve."""
+    aux: str = "none"
+    """Auxiliary loss trained with the RL loss (multiscene/registry.py): none."""
     resume: bool = False
     """Continue the run in --run-dir from its last good checkpoint."""
     overwrite: bool = False
@@ -114,7 +121,10 @@ class TrainConfig:
     update_epochs: int = 3
     """PPO epochs per rollout."""
     num_minibatches: int = 8
-    """Minibatches per epoch; split by environment (whole sequences)."""
+    """Minibatches per epoch; split by environment (whole sequences), or by step with --minibatch-by step."""
+    minibatch_by: Literal["env", "step"] = "env"
+    """env: minibatches of whole env sequences (needed by a recurrent core); step: of single transitions, as
+    CleanRL's feed-forward scripts (only with --core none)."""
     clip_coef: float = 0.2
     """Policy ratio clip."""
     clip_vloss: bool = True
@@ -135,9 +145,6 @@ class TrainConfig:
     """Divide rewards by a running std of the discounted return (same gamma)."""
     target_kl: float | None = None
     """Stop the epochs of an update early past this approximate KL."""
-
-    # Critics
-    dve: DVEConfig = field(default_factory=DVEConfig)
 
     # Evaluation, checkpoints, logging
     eval_interval: int = 0
@@ -182,7 +189,13 @@ class TrainConfig:
 
     @property
     def is_procgen(self) -> bool:
-        return not self.env.startswith("MiniGrid")
+        from multiscene.envs import is_procgen
+
+        return is_procgen(self.env)
+
+    @property
+    def is_minigrid(self) -> bool:
+        return self.env.startswith("MiniGrid")
 
     @property
     def test_levels_start(self) -> int:
@@ -192,17 +205,67 @@ class TrainConfig:
 
     @property
     def uses_cc_loss(self) -> bool:
-        return self.critic == "sparse-dve" and self.dve.schedule != "off"
+        return self.critic == "sparse-dve" and self.dve.schedule != "off"  # type: ignore[attr-defined]
+
+
+def _assemble_train_config() -> type:
+    """CommonConfig + ``--algo``/``--critic``/``--aux`` as choices of the registry + one field per group."""
+    registry = _registry
+
+    def choices(names: list[str]) -> Any:
+        return Literal[tuple(names)]  # type: ignore[valid-type]
+
+    fields: list[tuple[str, Any, Any]] = [
+        ("algo", choices(list(registry.ALGORITHMS)), field(default="ppo")),
+        ("critic", choices(list(registry.CRITICS)), field(default="scalar")),
+        ("aux", choices(["none", *registry.AUX_LOSSES]), field(default="none")),
+    ]
+    for name, group in registry.config_groups().items():
+        fields.append((name, group, field(default_factory=group)))  # type: ignore[arg-type]
+    cls = dataclasses.make_dataclass(
+        "TrainConfig", fields, bases=(CommonConfig,), frozen=True,
+        namespace={"__doc__": "Train one agent across many levels of a game (``multiscene train``)."},
+    )
+    cls.__module__ = __name__
+    return cls
+
+
+if TYPE_CHECKING:
+    TrainConfig = CommonConfig
+else:
+    TrainConfig = _assemble_train_config()
+
+CRITICS: tuple[str, ...] = tuple(_registry.CRITICS)
+ALGORITHMS: tuple[str, ...] = tuple(_registry.ALGORITHMS)
+
+
+def group_names() -> tuple[str, ...]:
+    """The config groups of TrainConfig (``dve``, ``a2c``, ...)."""
+    return tuple(f.name for f in dataclasses.fields(TrainConfig) if dataclasses.is_dataclass(f.type))
 
 
 def replace(cfg: TrainConfig, **changes: object) -> TrainConfig:
-    """dataclasses.replace that also accepts ``dve={...}`` as a dict of DVE field changes."""
-    dve_changes = changes.pop("dve", None)
-    if isinstance(dve_changes, dict):
-        changes["dve"] = dataclasses.replace(cfg.dve, **dve_changes)
-    elif dve_changes is not None:
-        changes["dve"] = dve_changes
+    """dataclasses.replace that also accepts a dict of field changes for a group: ``dve={"k1": 0.1}``."""
+    for name, value in list(changes.items()):
+        if isinstance(value, dict) and dataclasses.is_dataclass(getattr(cfg, name, None)):
+            changes[name] = dataclasses.replace(getattr(cfg, name), **value)
     return dataclasses.replace(cfg, **changes)  # type: ignore[arg-type]
+
+
+def config_from_dict(data: dict[str, Any]) -> TrainConfig:
+    """Rebuild a TrainConfig from ``dataclasses.asdict`` output (config.json). Unknown keys are dropped and
+    missing groups take their defaults, so runs written by older versions still load (they ran PPO)."""
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    kwargs: dict[str, Any] = {}
+    for name, value in data.items():
+        if name not in fields:
+            continue
+        default = fields[name].default_factory() if fields[name].default_factory is not dataclasses.MISSING else None
+        if dataclasses.is_dataclass(default) and isinstance(value, dict):
+            known = {f.name for f in dataclasses.fields(default)}
+            value = dataclasses.replace(default, **{k: v for k, v in value.items() if k in known})
+        kwargs[name] = value
+    return TrainConfig(**kwargs)
 
 
 def validate(cfg: TrainConfig) -> None:
@@ -213,7 +276,15 @@ def validate(cfg: TrainConfig) -> None:
         raise ConfigError(f"--num-envs must be positive, got {cfg.num_envs}.")
     if cfg.num_steps <= 0:
         raise ConfigError(f"--num-steps must be positive, got {cfg.num_steps}.")
-    if cfg.num_minibatches <= 0 or cfg.num_envs % cfg.num_minibatches != 0:
+    if cfg.minibatch_by == "step":
+        if cfg.core != "none":
+            raise ConfigError("--minibatch-by step needs --core none: a recurrent core trains on whole sequences.")
+        if cfg.num_minibatches <= 0 or cfg.batch_size % cfg.num_minibatches != 0:
+            raise ConfigError(
+                f"--num-envs x --num-steps ({cfg.batch_size}) must be divisible by --num-minibatches "
+                f"({cfg.num_minibatches}) with --minibatch-by step."
+            )
+    elif cfg.num_minibatches <= 0 or cfg.num_envs % cfg.num_minibatches != 0:
         raise ConfigError(
             f"--num-envs ({cfg.num_envs}) must be divisible by --num-minibatches ({cfg.num_minibatches}): "
             "minibatches are whole environment sequences. Allowed --num-minibatches: "
@@ -224,11 +295,17 @@ def validate(cfg: TrainConfig) -> None:
             f"--total-timesteps ({cfg.total_timesteps}) is smaller than one rollout "
             f"(--num-envs x --num-steps = {cfg.batch_size}); at least one update needs {cfg.batch_size} steps."
         )
-    if cfg.critic not in CRITICS:
-        raise ConfigError(f"--critic must be one of {', '.join(CRITICS)}; got {cfg.critic!r}.")
+    from multiscene import registry
+
+    for kind, attr in (("algorithm", "algo"), ("critic", "critic")):
+        names = registry.KINDS[kind]
+        if getattr(cfg, attr) not in names:
+            raise ConfigError(f"--{attr} must be one of {', '.join(names)}; got {getattr(cfg, attr)!r}.")
+    if cfg.aux != "none" and cfg.aux not in registry.AUX_LOSSES:
+        raise ConfigError(f"--aux must be one of {', '.join(['none', *registry.AUX_LOSSES])}; got {cfg.aux!r}.")
     if cfg.num_levels < 0 or cfg.test_num_levels < 0 or cfg.start_level < 0:
         raise ConfigError("--num-levels, --test-num-levels and --start-level must be >= 0.")
-    if not cfg.is_procgen and cfg.num_levels == 0:
+    if cfg.is_minigrid and cfg.num_levels == 0:
         raise ConfigError("--num-levels must be > 0 for MiniGrid (a fixed set of training level seeds).")
     for name in ("update_epochs", "eval_episodes", "eval_num_envs", "checkpoint_interval", "keep_checkpoints",
                  "max_nonfinite_updates", "hidden_size"):
@@ -238,6 +315,10 @@ def validate(cfg: TrainConfig) -> None:
         raise ConfigError(f"--learning-rate must be positive, got {cfg.learning_rate}.")
     if not 0.0 < cfg.gamma <= 1.0 or not 0.0 <= cfg.gae_lambda <= 1.0:
         raise ConfigError("--gamma must lie in (0, 1] and --gae-lambda in [0, 1].")
+    for name in group_names():
+        group = getattr(cfg, name)
+        if hasattr(group, "validate"):
+            group.validate(cfg)
     d = cfg.dve
     if d.num_clusters < 1:
         raise ConfigError(f"--dve.num-clusters must be >= 1, got {d.num_clusters}.")

@@ -82,13 +82,15 @@ def run_episodes(
     step = envs.reset()
     obs, first = torch.as_tensor(step.obs), torch.ones(B, dtype=torch.bool)
     level = step.level_seed.copy()
-    prev_action, prev_reward = torch.zeros(B, dtype=torch.long), torch.zeros(B)
+    continuous = agent.continuous
+    prev_action = torch.zeros(B, envs.num_actions) if continuous else torch.zeros(B, dtype=torch.long)
+    prev_reward = torch.zeros(B)
     state = agent.initial_state(B, device)
     episodes: list[EpisodeStats] = []
     recorder = EpisodeRecorder() if record else None
     while (done_count < quota).any():
         if random_policy:
-            action = torch.randint(envs.num_actions, (B,), generator=generator)
+            action = random_actions(envs, B, generator)
             result = envs.step(action.numpy())
             for ep in result.episodes:
                 if done_count[ep.env_index] < quota[ep.env_index]:
@@ -100,7 +102,10 @@ def run_episodes(
         state = out.state
         logits = out.logits[0].float()
         if deterministic:
-            action = logits.argmax(-1)
+            action = agent.distribution(logits).mode()
+        elif continuous:
+            noise = torch.randn(logits.shape, generator=generator).to(logits.device)
+            action = logits + agent.log_std.exp() * noise
         else:
             probs = torch.softmax(logits, dim=-1)
             action = torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(-1).to(logits.device)
@@ -141,10 +146,23 @@ def run_episodes(
         t_in_episode = np.where(result.first, 0, t_in_episode + 1)
         obs = torch.as_tensor(result.obs)
         first = torch.as_tensor(result.first)
-        prev_action = torch.where(first, 0, action)
+        prev_action = torch.where(first[:, None] if continuous else first, 0, action)
         prev_reward = torch.where(first, 0.0, torch.as_tensor(result.reward, dtype=torch.float32))
         level = result.level_seed.copy()
     return EpisodeResult(episodes, recorder)
+
+
+def random_actions(envs: VecEnv, num: int, generator: torch.Generator) -> torch.Tensor:
+    """Uniform random actions: integers below num_actions, or uniform in the action box (a continuous env
+    whose box is unbounded gets N(0, 1) samples)."""
+    spec = getattr(envs, "action_spec", None)
+    if spec is None or spec.kind == "discrete":
+        return torch.randint(envs.num_actions, (num,), generator=generator)
+    u = torch.rand((num, spec.n), generator=generator)
+    low, high = np.asarray(spec.low, dtype=np.float64), np.asarray(spec.high, dtype=np.float64)
+    if not (np.isfinite(low).all() and np.isfinite(high).all()):
+        return torch.randn((num, spec.n), generator=generator)
+    return torch.as_tensor(low, dtype=torch.float32) + u * torch.as_tensor(high - low, dtype=torch.float32)
 
 
 def summarize(episodes: list[EpisodeStats]) -> dict[str, Any]:
@@ -267,9 +285,10 @@ def evaluate_checkpoint(
         raise ConfigError(f"{run_dir} has no readable checkpoint to evaluate (checkpoints/ is empty or corrupted).")
     dev = resolve_device(device)
     probe = make_env(env_spec(cfg, "test", 1))
-    obs_shape, num_actions = probe.obs_shape, probe.num_actions
-    probe.close()
-    agent = make_agent(cfg, obs_shape, num_actions, dev)
+    try:
+        agent = make_agent(cfg, probe, device=dev)
+    finally:
+        probe.close()
     load_agent_tensors(agent, ckpt.tensors)
     var = float(ckpt.tensors["reward_normalizer.var"]) if "reward_normalizer.var" in ckpt.tensors else 1.0
     scale = float(np.sqrt(var + 1e-8)) if cfg.norm_reward else 1.0

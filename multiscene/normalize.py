@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 
 class RunningMeanStd:
@@ -58,3 +59,33 @@ class RewardNormalizer:
     def load_state_dict(self, d: dict[str, object]) -> None:
         self.returns = np.array(d["returns"], dtype=np.float64)
         self.rms.load_state_dict(d["rms"])  # type: ignore[arg-type]
+
+
+class RunningObsNorm(torch.nn.Module):
+    """Running mean/std normalization of float observations, clipped to [-clip, clip] (CleanRL's
+    ``ppo_continuous_action`` uses gym's NormalizeObservation then clips to 10). The statistics are buffers, so
+    they are saved with the agent's weights and evaluation uses the training statistics, frozen."""
+
+    def __init__(self, shape: tuple[int, ...], clip: float = 10.0, epsilon: float = 1e-8) -> None:
+        super().__init__()
+        self.clip = clip
+        self.epsilon = epsilon
+        self.register_buffer("mean", torch.zeros(shape, dtype=torch.float64))
+        self.register_buffer("var", torch.ones(shape, dtype=torch.float64))
+        self.register_buffer("count", torch.tensor(1e-4, dtype=torch.float64))
+
+    @torch.no_grad()
+    def update(self, x: torch.Tensor) -> None:
+        """x [N, *shape]: merge the batch's moments (Chan et al.'s parallel update, as RunningMeanStd)."""
+        x = x.to(torch.float64)
+        batch_mean, batch_var, n = x.mean(dim=0), x.var(dim=0, unbiased=False), x.shape[0]
+        delta = batch_mean - self.mean
+        total = self.count + n
+        self.mean += delta * n / total
+        m2 = self.var * self.count + batch_var * n + delta.pow(2) * self.count * n / total
+        self.var.copy_(m2 / total)
+        self.count.fill_(float(total))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = (x.to(torch.float64) - self.mean) / torch.sqrt(self.var + self.epsilon)
+        return out.clamp(-self.clip, self.clip).to(torch.float32)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from multiscene.config import ConfigError, DVEConfig, TrainConfig
+from multiscene.config import ConfigError, DVEConfig, TrainConfig, replace
 
 # Seed 000 §5.1: class-1 games explore fast (pre-boost), class-2 games slowly (post-boost).
 CLASS1_GAMES = ("coinrun", "caveflyer", "climber", "jumper")
@@ -141,15 +141,128 @@ def seed000_game(game: str, method: str) -> Callable[[], TrainConfig]:
     return preset
 
 
+def minigrid() -> TrainConfig:
+    """A MiniGrid default: the quickstart's agent and PPO settings with the scalar critic (RL²), 500k steps."""
+    return replace(quickstart(), preset="minigrid", env="MiniGrid-DoorKey-5x5-v0", critic="scalar",
+                   total_timesteps=500_000)
+
+
+def ppo_atari() -> TrainConfig:
+    """CleanRL ppo_atari.py's settings: Nature-CNN, no recurrence, 8 envs x 128 steps, lr 2.5e-4 annealed,
+    4 minibatches x 4 epochs, clip 0.1, entropy 0.01, gamma 0.99, lambda 0.95, 10M steps."""
+    return TrainConfig(
+        preset="ppo-atari", env="BreakoutNoFrameskip-v4", algo="ppo", critic="scalar", core="none",
+        prev_action_reward=False, hidden_size=512, num_envs=8, num_steps=128, total_timesteps=10_000_000,
+        learning_rate=2.5e-4, anneal_lr=True, num_minibatches=4, update_epochs=4, clip_coef=0.1, ent_coef=0.01,
+        vf_coef=0.5, max_grad_norm=0.5, gamma=0.99, gae_lambda=0.95, norm_reward=False, num_levels=1,
+        eval_episodes=10, eval_num_envs=5, checkpoint_interval=100,
+    )
+
+
+def a2c_atari() -> TrainConfig:
+    """A2C as the ACKTR paper's Atari baseline: 32 envs x 20 steps (n-step 20; baselines' a2c uses 16 x 5),
+    RMSprop lr 7e-4 (alpha 0.99, eps 1e-5) annealed linearly as baselines' default schedule, entropy 0.01,
+    value coefficient 0.5, gradient clip 0.5, gamma 0.99, no advantage or reward normalization (rewards are
+    clipped by the Atari wrapper), 10M steps."""
+    return replace(ppo_atari(), preset="a2c-atari", algo="a2c", num_envs=32, num_steps=20, learning_rate=7e-4,
+                   anneal_lr=True, num_minibatches=1, update_epochs=1, norm_adv=False)
+
+
+def acktr_atari() -> TrainConfig:
+    """ACKTR paper settings on Atari (Wu et al. 2017, baselines acktr): 32 envs x 20 steps, K-FAC lr 0.25
+    annealed, momentum 0.9, KL clip 0.001, entropy 0.01, value coefficient 0.5, gradient clip 0.5, gamma 0.99."""
+    return replace(a2c_atari(), preset="acktr-atari", algo="acktr", learning_rate=0.25)
+
+
+def ppo_mujoco() -> TrainConfig:
+    """CleanRL ppo_continuous_action.py's settings: MLP 64x64 tanh, Gaussian policy with state-independent
+    log-std, 1 env x 2048 steps, 32 minibatches of transitions x 10 epochs, lr 3e-4 annealed, gamma 0.99,
+    lambda 0.95, clip 0.2, no entropy bonus, observation and reward normalization, 1M steps."""
+    return TrainConfig(
+        preset="ppo-mujoco", env="HalfCheetah-v5", algo="ppo", critic="scalar", core="none",
+        prev_action_reward=False, hidden_size=64, num_envs=1, num_steps=2048, total_timesteps=1_000_000,
+        learning_rate=3e-4, anneal_lr=True, num_minibatches=32, minibatch_by="step", update_epochs=10,
+        clip_coef=0.2, ent_coef=0.0, vf_coef=0.5, max_grad_norm=0.5, gamma=0.99, gae_lambda=0.95,
+        num_levels=1, eval_episodes=10, eval_num_envs=5, checkpoint_interval=50,
+    )
+
+
+def a2c_mujoco() -> TrainConfig:
+    """A2C on MuJoCo as seed 004's baseline family: the ppo-mujoco agent, 8 envs x 20 steps, RMSprop 7e-4."""
+    return replace(ppo_mujoco(), preset="a2c-mujoco", algo="a2c", num_envs=8, num_steps=20, learning_rate=7e-4,
+                   num_minibatches=1, minibatch_by="env", update_epochs=1, norm_adv=False, ent_coef=0.0)
+
+
+def acktr_mujoco() -> TrainConfig:
+    """ACKTR on MuJoCo with seed 004 §6.2's batch of 2500 steps per update (5 envs x 500 steps; the split is
+    ours), K-FAC lr 0.03 and GAE lambda 0.97 as baselines' continuous ACKTR (acktr_cont), KL clip 0.001."""
+    cfg = replace(ppo_mujoco(), preset="acktr-mujoco", algo="acktr", num_envs=5, num_steps=500,
+                  learning_rate=0.03, anneal_lr=False, num_minibatches=1, minibatch_by="env", update_epochs=1,
+                  ent_coef=0.0, norm_adv=True)
+    return replace(cfg, acktr={"gae_lambda": 0.97})
+
+
+def gym_classic() -> TrainConfig:
+    """Any other Gymnasium id (CartPole-v1, Pendulum-v1, ...): CleanRL ppo.py's settings, 4 envs x 128 steps,
+    MLP 64x64, lr 2.5e-4 annealed, 4 minibatches x 4 epochs, gamma 0.99, 500k steps."""
+    return TrainConfig(
+        preset="gym", env="CartPole-v1", algo="ppo", critic="scalar", core="none", prev_action_reward=False,
+        hidden_size=64, num_envs=4, num_steps=128, total_timesteps=500_000, learning_rate=2.5e-4,
+        anneal_lr=True, num_minibatches=4, minibatch_by="step", update_epochs=4, clip_coef=0.2, ent_coef=0.01,
+        gamma=0.99, gae_lambda=0.95, norm_reward=False, num_levels=1, eval_episodes=10, eval_num_envs=5,
+        checkpoint_interval=50,
+    )
+
+
 PRESETS: dict[str, Callable[[], TrainConfig]] = {
     "quickstart": quickstart,
+    "minigrid": minigrid,
     "procgen-easy": procgen_easy,
     "procgen-hard": procgen_hard,
     "cleanrl-procgen": cleanrl_procgen,
+    "ppo-atari": ppo_atari,
+    "a2c-atari": a2c_atari,
+    "acktr-atari": acktr_atari,
+    "ppo-mujoco": ppo_mujoco,
+    "a2c-mujoco": a2c_mujoco,
+    "acktr-mujoco": acktr_mujoco,
+    "gym": gym_classic,
 }
 for _game in CLASS1_GAMES + CLASS2_GAMES:
     for _method in ("rl2", "dve", "sparse-dve"):
         PRESETS[f"{_method}-{_game}"] = seed000_game(_game, _method)
+
+
+MUJOCO_TASKS = ("HalfCheetah", "Hopper", "Walker2d", "Swimmer", "Ant", "Reacher", "InvertedPendulum",
+                "InvertedDoublePendulum", "Humanoid", "HumanoidStandup", "Pusher")
+
+
+def env_family(env_id: str) -> str:
+    """procgen, minigrid, atari, mujoco or gym (any other Gymnasium id), from the id alone (nothing built)."""
+    from multiscene.envs import is_procgen
+
+    if is_procgen(env_id):
+        return "procgen"
+    if env_id.startswith("MiniGrid"):
+        return "minigrid"
+    if env_id.startswith("ALE/") or "NoFrameskip" in env_id or env_id.endswith("Deterministic-v4"):
+        return "atari"
+    if env_id.split("-v")[0] in MUJOCO_TASKS:
+        return "mujoco"
+    return "gym"
+
+
+def default_preset(env_id: str | None, algo: str | None) -> str:
+    """The preset used when ``--preset`` is not given (issue 15): quickstart without ``--env``; otherwise the
+    env family's, with the algorithm's own variant where one exists (``a2c-atari``, ``acktr-mujoco``)."""
+    if env_id is None:
+        return "quickstart"
+    family = env_family(env_id)
+    algo = algo or "ppo"
+    if f"{algo}-{family}" in PRESETS:
+        return f"{algo}-{family}"
+    return {"procgen": "procgen-easy", "minigrid": "minigrid", "atari": "ppo-atari", "mujoco": "ppo-mujoco",
+            "gym": "gym"}[family]
 
 
 def get_preset(name: str) -> TrainConfig:

@@ -1,14 +1,35 @@
-"""Public entry point of training: ``train(cfg)``. (Pure move: the loop now lives in multiscene/algos/onpolicy/loop.py.)"""
+"""Public entry point of training: ``train(cfg)`` runs the algorithm of ``cfg.algo`` (multiscene/registry.py).
 
-from multiscene.algos.onpolicy.loop import *  # noqa: F401,F403
-from multiscene.algos.onpolicy.loop import (  # noqa: F401
+The on-policy algorithms share multiscene/algos/onpolicy/loop.py; other families bring loops of their own. What
+every loop shares (env specs, seeding, config.json, the agent's tensors) lives in multiscene/runtime.py and is
+re-exported here for scripts written against earlier versions.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from multiscene.runtime import (  # noqa: F401  (re-exported)
     CONFIG_FILE,
     TrainingStopped,
     agent_tensors,
+    default_run_dir,
     env_spec,
     load_agent_tensors,
     load_config,
     make_agent,
     resolve_device,
-    train,
 )
+
+if TYPE_CHECKING:
+    from multiscene.config import TrainConfig
+
+
+def train(cfg: TrainConfig) -> Path:
+    """Train per ``cfg`` with the algorithm of ``--algo``; returns the run directory."""
+    from multiscene import registry
+    from multiscene.config import validate
+
+    validate(cfg)
+    return registry.load("algorithm", cfg.algo).train(cfg)

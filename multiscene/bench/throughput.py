@@ -25,23 +25,15 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 
+from multiscene.algos.onpolicy.base import Advantages, OnPolicyAlgorithm
+from multiscene.algos.onpolicy.ppo import ppo_loss
+from multiscene.algos.onpolicy.rollout import Rollout, RolloutCollector
 from multiscene.config import ConfigError, TrainConfig, replace, validate
 from multiscene.critics.base import CriticOutput
 from multiscene.envs import check_env_id, make_env
-from multiscene.gae import compute_gae
-from multiscene.ppo import ppo_loss
-from multiscene.trainer import (
-    Rollout,
-    RolloutCollector,
-    env_spec,
-    make_agent,
-    ppo_update,
-    resolve_device,
-    seed_everything,
-)
+from multiscene.runtime import env_spec, make_agent, resolve_device, seed_everything
 
 
 @dataclass(frozen=True)
@@ -92,8 +84,10 @@ def measure_env_sps(cfg: TrainConfig, steps: int) -> float:
     envs = make_env(env_spec(cfg, "train", cfg.num_envs))
     try:
         envs.reset()
-        rng = np.random.default_rng(cfg.seed)
-        actions = rng.integers(0, envs.num_actions, size=(steps + 1, envs.num_envs))
+        from multiscene.evaluate import random_actions
+
+        gen = torch.Generator().manual_seed(cfg.seed)
+        actions = [random_actions(envs, envs.num_envs, gen).numpy() for _ in range(steps + 1)]
         envs.step(actions[0])
         start = time.perf_counter()
         for t in range(1, steps + 1):
@@ -102,15 +96,6 @@ def measure_env_sps(cfg: TrainConfig, steps: int) -> float:
     finally:
         envs.close()
     return steps * cfg.num_envs / elapsed
-
-
-def _advantages(agent: Any, rollout: Rollout, cfg: TrainConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """The trainer's step 2 (bootstrap, per-head rewards, GAE, combined advantage), same calls as train()."""
-    head_rewards = agent.critic.head_rewards(rollout.rewards)
-    adv_heads, returns = compute_gae(
-        head_rewards, rollout.values, rollout.dones, rollout.next_value, cfg.gamma, cfg.gae_lambda
-    )
-    return agent.critic.combine_advantages(adv_heads), returns
 
 
 def _aux_scales(agent: Any, cfg: TrainConfig) -> dict[str, float]:
@@ -122,13 +107,16 @@ def _aux_scales(agent: Any, cfg: TrainConfig) -> dict[str, float]:
 
 
 def time_ceiling(
-    agent: Any, optimizer: torch.optim.Optimizer, rollout: Rollout, advantages: torch.Tensor,
-    returns: torch.Tensor, aux_scales: dict[str, float], cfg: TrainConfig, device: torch.device,
+    agent: Any, optimizer: torch.optim.Optimizer, rollout: Rollout, adv: Advantages,
+    aux_scales: dict[str, float], cfg: TrainConfig, device: torch.device, algo: OnPolicyAlgorithm,
 ) -> tuple[float, float]:
     """(acting seconds per rollout, update seconds per update) of the network alone.
 
     Inputs are moved to ``device`` before the clocks start and nothing is copied back, so only the network's
-    own work is timed. Runs on the caller's agent and optimizer; the bench is done with them by then.
+    own work is timed. Runs on the caller's agent and optimizer; the bench is done with them by then. For PPO
+    the update is the bare loss/backward/step over the minibatches; for the one-step algorithms (A2C, ACKTR)
+    it is their own ``update`` on device-resident tensors (which adds the parameter snapshot it keeps for
+    non-finite rollbacks).
     """
     T, B = rollout.first.shape
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16)
@@ -142,11 +130,25 @@ def time_ceiling(
     start = time.perf_counter()
     with torch.no_grad(), autocast:
         for t in range(T):
-            out = agent(obs[t : t + 1], first[t : t + 1], prev_action[t : t + 1], prev_reward[t : t + 1], state)
+            out = agent(obs[t : t + 1], first[t : t + 1], prev_action[t : t + 1], prev_reward[t : t + 1], state,
+                        normalized=True)
             state = out.state
     _sync(device)
     act_seconds = time.perf_counter() - start
 
+    if cfg.algo != "ppo":
+        on_device = dataclasses.replace(
+            rollout, obs=obs, first=first, prev_action=prev_action, prev_reward=prev_reward,
+            actions=rollout.actions.to(device), logprobs=rollout.logprobs.to(device),
+        )
+        moved = Advantages(*(x.to(device) for x in adv))
+        _sync(device)
+        start = time.perf_counter()
+        algo.update(agent, optimizer, on_device, moved, aux_scales, cfg, device)
+        _sync(device)
+        return act_seconds, time.perf_counter() - start
+
+    advantages, returns = adv.policy, adv.returns
     actions, logprobs = rollout.actions.to(device), rollout.logprobs.to(device)
     old_values, adv, ret = rollout.values.to(device), advantages.to(device), returns.to(device)
     initial_state = tuple(s.to(device) for s in rollout.initial_state)
@@ -157,10 +159,10 @@ def time_ceiling(
     for mb in minibatches:
         with autocast:
             out = agent(obs[:, mb], first[:, mb], prev_action[:, mb], prev_reward[:, mb],
-                        tuple(s[:, mb] for s in initial_state))
+                        tuple(s[:, mb] for s in initial_state), normalized=True)
         values = out.values.float()
         loss, _ = ppo_loss(
-            out.logits.float(), actions[:, mb], logprobs[:, mb], adv[:, mb], values, old_values[:, mb], ret[:, mb],
+            agent.distribution(out.logits.float()), actions[:, mb], logprobs[:, mb], adv[:, mb], values, old_values[:, mb], ret[:, mb],
             clip_coef=cfg.clip_coef, clip_vloss=cfg.clip_vloss, ent_coef=cfg.ent_coef, vf_coef=cfg.vf_coef,
             norm_adv=cfg.norm_adv,
         )
@@ -200,19 +202,22 @@ def run_throughput(cfg: TrainConfig, updates: int, warmup_updates: int = 1, env_
 
     envs = make_env(env_spec(cfg, "train", cfg.num_envs))
     try:
-        agent = make_agent(cfg, envs.obs_shape, envs.num_actions, device)
-        optimizer = torch.optim.Adam(agent.parameters(), lr=cfg.learning_rate, eps=cfg.adam_eps)
+        from multiscene import registry
+
+        algo = registry.load("algorithm", cfg.algo)()
+        agent = make_agent(cfg, envs, device=device)
+        optimizer = algo.make_optimizer(agent, cfg)
         collector = RolloutCollector(envs, agent, cfg, device)
         aux_scales = _aux_scales(agent, cfg)
         collect_s = update_s = 0.0
-        rollout = advantages = returns = None
+        rollout = adv = None
         for i in range(warmup_updates + updates):
             _sync(device)
             t0 = time.perf_counter()
             rollout = collector.collect(agent)
             t1 = time.perf_counter()
-            advantages, returns = _advantages(agent, rollout, cfg)
-            ppo_update(agent, optimizer, rollout, advantages, returns, aux_scales, cfg, device)
+            adv = algo.advantages(agent.critic, rollout, cfg)
+            algo.update(agent, optimizer, rollout, adv, aux_scales, cfg, device)
             _sync(device)
             t2 = time.perf_counter()
             if i >= warmup_updates:
@@ -220,9 +225,9 @@ def run_throughput(cfg: TrainConfig, updates: int, warmup_updates: int = 1, env_
                 update_s += t2 - t1
     finally:
         envs.close()
-    assert rollout is not None and advantages is not None and returns is not None
+    assert rollout is not None and adv is not None
     train_sps = updates * cfg.batch_size / (collect_s + update_s)
-    act_s, ceil_update_s = time_ceiling(agent, optimizer, rollout, advantages, returns, aux_scales, cfg, device)
+    act_s, ceil_update_s = time_ceiling(agent, optimizer, rollout, adv, aux_scales, cfg, device, algo)
     ceiling_sps = cfg.batch_size / (act_s + ceil_update_s)
     return ThroughputResult(
         preset=cfg.preset, env=cfg.env, critic=cfg.critic, core=cfg.core, num_envs=cfg.num_envs,

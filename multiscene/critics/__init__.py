@@ -1,15 +1,17 @@
 """Critics (SPEC §3): the scalar RL² critic, DVE and Sparse DVE, and the schedule of the L_CC loss.
 
-``make_critic(cfg, core_dim, encoder_dim)`` builds the critic named by ``--critic``; ``make_cc_schedule(cfg)``
-builds the schedule whose scales the trainer applies to the critic's auxiliary terms.
+``make_critic(cfg, core_dim, encoder_dim)`` builds the critic named by ``--critic`` from multiscene/registry.py;
+``make_cc_schedule(cfg)`` builds the schedule whose scales the trainer applies to the critic's auxiliary terms.
 """
 
 from __future__ import annotations
 
-from multiscene.config import TrainConfig
+from typing import TYPE_CHECKING
+
 from multiscene.critics.base import Critic, CriticOutput
 from multiscene.critics.dve import (
     DVECritic,
+    SparseDVECritic,
     cc_loss,
     cc_terms,
     confusion,
@@ -19,12 +21,16 @@ from multiscene.critics.dve import (
 from multiscene.critics.scalar import ScalarCritic
 from multiscene.critics.schedule import CCSchedule, make_cc_schedule
 
+if TYPE_CHECKING:
+    from multiscene.config import TrainConfig
+
 __all__ = [
     "CCSchedule",
     "Critic",
     "CriticOutput",
     "DVECritic",
     "ScalarCritic",
+    "SparseDVECritic",
     "cc_loss",
     "cc_terms",
     "confusion",
@@ -36,15 +42,11 @@ __all__ = [
 
 
 def make_critic(cfg: TrainConfig, core_dim: int, encoder_dim: int) -> Critic:
-    """The critic of ``--critic``: scalar, dve or sparse-dve (the last two read ``cfg.dve``).
+    """The critic registered under ``--critic`` (multiscene/registry.py), built by its ``from_config``.
 
     core_dim: width of the core output [T, B, core_dim]; encoder_dim: width of the per-frame encoder output,
-    read only by DVE with ``--dve.cluster-input encoder``.
+    read only by critics that look at single frames (DVE with ``--dve.cluster-input encoder``).
     """
-    if cfg.critic == "scalar":
-        return ScalarCritic(core_dim)
-    if cfg.critic == "dve":
-        return DVECritic(core_dim, encoder_dim, cfg.dve, sparse=False)
-    if cfg.critic == "sparse-dve":
-        return DVECritic(core_dim, encoder_dim, cfg.dve, sparse=True)
-    raise ValueError(f"--critic must be one of scalar, dve, sparse-dve; got {cfg.critic!r}")
+    from multiscene import registry
+
+    return registry.load("critic", cfg.critic).from_config(cfg, core_dim, encoder_dim)

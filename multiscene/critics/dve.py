@@ -33,7 +33,7 @@ Choices that are ours (the seeds leave them open):
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from torch import nn
@@ -41,8 +41,12 @@ from torch import nn
 from multiscene.config import DVEConfig
 from multiscene.critics.base import Critic, CriticOutput
 
+if TYPE_CHECKING:
+    from multiscene.config import TrainConfig
+
 __all__ = [
     "DVECritic",
+    "SparseDVECritic",
     "cc_loss",
     "cc_terms",
     "confusion",
@@ -229,6 +233,12 @@ class DVECritic(Critic):
     """
 
     head_names: tuple[str, ...] = ("value",)
+    config_group = ("dve", DVEConfig)
+    sparse_default = False
+
+    @classmethod
+    def from_config(cls, cfg: TrainConfig, core_dim: int, encoder_dim: int) -> DVECritic:
+        return cls(core_dim, encoder_dim, cfg.dve, sparse=cls.sparse_default)  # type: ignore[attr-defined]
 
     def __init__(self, core_dim: int, encoder_dim: int, cfg: DVEConfig, sparse: bool) -> None:
         super().__init__()
@@ -317,3 +327,9 @@ class DVECritic(Critic):
         terms = cc_terms(alpha, valid, first=first, trajectory=trajectory)
         metrics.update({name: float(value) for name, value in terms.items()})
         return metrics
+
+
+class SparseDVECritic(DVECritic):
+    """``--critic sparse-dve``: the DVE critic with the L_CC terms on (seed 000); options in ``--dve.*``."""
+
+    sparse_default = True

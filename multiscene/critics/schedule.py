@@ -37,9 +37,10 @@ of the budget.
 from __future__ import annotations
 
 from collections import deque
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from multiscene.config import TrainConfig
+if TYPE_CHECKING:
+    from multiscene.config import TrainConfig
 
 __all__ = ["COLLAPSE_BUDGET_FRACTION", "COLLAPSE_MARGIN", "CCSchedule", "make_cc_schedule"]
 

@@ -1,25 +1,34 @@
-"""Agent = encoder -> core -> (categorical policy, critic heads) (Sample Factory's decomposition; SPEC §2)."""
+"""Agent = (observation normalizer) -> encoder -> core -> (action distribution, critic heads), after Sample
+Factory's decomposition (SPEC §2). The action distribution is part of the agent: categorical for discrete
+actions, a diagonal Gaussian with state-independent log-std for continuous ones, so every algorithm and critic
+works with both."""
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
+import numpy as np
 import torch
 from torch import nn
 
-from multiscene.config import TrainConfig
 from multiscene.critics import make_critic
 from multiscene.models.core import CoreState, IdentityCore, LSTMCore
+from multiscene.models.distributions import CategoricalActions, DiagGaussian
 from multiscene.models.encoders import make_encoder
+from multiscene.normalize import RunningObsNorm
+
+if TYPE_CHECKING:
+    from multiscene.config import TrainConfig
+    from multiscene.envs.base import VecEnv
 
 
 class AgentOutput(NamedTuple):
     logits: torch.Tensor
-    """[T, B, A] policy logits."""
+    """[T, B, A] policy parameters: categorical logits, or the Gaussian's mean."""
     values: torch.Tensor
     """[T, B, H] value per critic head."""
     extras: dict[str, torch.Tensor]
-    """Critic extras (DVE: alpha, cluster_values) and ``core_out`` [T, B, D] (for analyses)."""
+    """Critic extras (DVE: alpha, cluster_values), ``core_out`` [T, B, D] and ``features`` [T, B, D_enc]."""
     state: CoreState
 
 
@@ -30,21 +39,42 @@ def layer_init(layer: nn.Linear, gain: float) -> nn.Linear:
 
 
 class Agent(nn.Module):
-    """``forward(obs, first, prev_action, prev_reward, state) -> AgentOutput``, all time-major [T, B, ...]."""
+    """``forward(obs, first, prev_action, prev_reward, state) -> AgentOutput``, all time-major [T, B, ...].
 
-    def __init__(self, obs_shape: tuple[int, ...], num_actions: int, cfg: TrainConfig) -> None:
+    ``num_actions`` is the number of discrete actions, or with ``continuous=True`` the action dimension.
+    Float (vector) observations pass through a running mean/std normalizer whose statistics are buffers (saved
+    with the weights, frozen outside training); uint8 observations are scaled inside the encoder.
+    """
+
+    def __init__(self, obs_shape: tuple[int, ...], num_actions: int, cfg: TrainConfig, *,
+                 continuous: bool = False, obs_dtype: Any = np.uint8) -> None:
         super().__init__()
         self.obs_shape = tuple(obs_shape)
         self.num_actions = num_actions
-        self.encoder = make_encoder(self.obs_shape, cfg.hidden_size)
+        self.continuous = continuous
+        self.float_obs = np.dtype(obs_dtype).kind == "f"
+        self.encoder = make_encoder(self.obs_shape, cfg.hidden_size, **_encoder_kwargs(cfg, obs_dtype))
         enc_dim = self.encoder.output_dim
         self.core: LSTMCore | IdentityCore
         if cfg.core == "lstm":
-            self.core = LSTMCore(enc_dim, cfg.hidden_size, num_actions, cfg.prev_action_reward)
+            self.core = LSTMCore(enc_dim, cfg.hidden_size, num_actions, cfg.prev_action_reward, continuous=continuous)
         else:
             self.core = IdentityCore(enc_dim)
+        # Gain 0.01 keeps the first policy close to uniform (categorical) or centred on 0 (Gaussian mean), as
+        # CleanRL's actor heads.
         self.policy = layer_init(nn.Linear(self.core.output_dim, num_actions), gain=0.01)
         self.critic = make_critic(cfg, core_dim=self.core.output_dim, encoder_dim=enc_dim)
+        if continuous:
+            self.log_std = nn.Parameter(torch.zeros(num_actions))
+        if self.float_obs:
+            self.obs_norm = RunningObsNorm(self.obs_shape)
+
+    @classmethod
+    def for_env(cls, envs: VecEnv, cfg: TrainConfig) -> Agent:
+        spec = getattr(envs, "action_spec", None)
+        continuous = spec is not None and spec.kind == "continuous"
+        return cls(envs.obs_shape, envs.num_actions, cfg, continuous=continuous,
+                   obs_dtype=getattr(envs, "obs_dtype", np.uint8))
 
     @property
     def head_names(self) -> tuple[str, ...]:
@@ -53,6 +83,23 @@ class Agent(nn.Module):
     def initial_state(self, batch_size: int, device: torch.device | str) -> CoreState:
         return self.core.initial_state(batch_size, device)
 
+    def distribution(self, logits: torch.Tensor) -> CategoricalActions | DiagGaussian:
+        """The action distribution of ``AgentOutput.logits`` [..., A]."""
+        if self.continuous:
+            return DiagGaussian(logits, self.log_std)
+        return CategoricalActions(logits=logits)
+
+    def normalize_obs(self, obs: torch.Tensor, update: bool) -> torch.Tensor:
+        """Float observations -> normalized (statistics updated first when ``update``); others unchanged.
+
+        The on-policy collector stores the normalized observations it acted on, so an update sees exactly
+        the inputs the behaviour policy saw (CleanRL normalizes inside the env for the same reason)."""
+        if not self.float_obs:
+            return obs
+        if update:
+            self.obs_norm.update(obs.reshape(-1, *self.obs_shape))
+        return self.obs_norm(obs)
+
     def forward(
         self,
         obs: torch.Tensor,
@@ -60,16 +107,35 @@ class Agent(nn.Module):
         prev_action: torch.Tensor,
         prev_reward: torch.Tensor,
         state: CoreState,
+        *,
+        normalized: bool = False,
     ) -> AgentOutput:
+        """``normalized=True``: float observations were already passed through ``normalize_obs``."""
         T, B = first.shape
         assert obs.shape[:2] == (T, B) and tuple(obs.shape[2:]) == self.obs_shape, (obs.shape, self.obs_shape)
+        if self.float_obs and not normalized:
+            obs = self.obs_norm(obs)
         features = self.encoder(obs.reshape(T * B, *self.obs_shape)).reshape(T, B, -1)
         core_out, state = self.core(features, first, prev_action, prev_reward, state)
         logits = self.policy(core_out)
         critic_out = self.critic(core_out, features)
         extras = dict(critic_out.extras)
         extras["core_out"] = core_out
+        extras["features"] = features
         return AgentOutput(logits, critic_out.values, extras, state)
+
+
+def _encoder_kwargs(cfg: TrainConfig, obs_dtype: Any) -> dict[str, Any]:
+    """Keyword arguments of ``make_encoder`` that this version of the encoders module accepts."""
+    import inspect
+
+    params = inspect.signature(make_encoder).parameters
+    kwargs: dict[str, Any] = {}
+    if "obs_dtype" in params:
+        kwargs["obs_dtype"] = obs_dtype
+    if "name" in params and hasattr(cfg, "encoder"):
+        kwargs["name"] = cfg.encoder
+    return kwargs
 
 
 def select_state(state: CoreState, index: torch.Tensor | slice) -> CoreState:

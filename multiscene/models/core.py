@@ -14,9 +14,11 @@ CoreState = tuple[torch.Tensor, ...]
 
 
 class LSTMCore(nn.Module):
-    def __init__(self, input_dim: int, hidden_size: int, num_actions: int, prev_action_reward: bool) -> None:
+    def __init__(self, input_dim: int, hidden_size: int, num_actions: int, prev_action_reward: bool,
+                 continuous: bool = False) -> None:
         super().__init__()
         self.num_actions = num_actions
+        self.continuous = continuous
         self.prev_action_reward = prev_action_reward
         extra = num_actions + 1 if prev_action_reward else 0
         self.lstm = nn.LSTM(input_dim + extra, hidden_size)
@@ -40,12 +42,16 @@ class LSTMCore(nn.Module):
         prev_reward: torch.Tensor,
         state: CoreState,
     ) -> tuple[torch.Tensor, CoreState]:
-        """features [T, B, D], first [T, B] bool, prev_action [T, B] int, prev_reward [T, B] -> ([T, B, H], state)."""
+        """features [T, B, D], first [T, B] bool, prev_action [T, B] int (discrete: one-hot encoded here) or
+        [T, B, A] float (continuous: read as is), prev_reward [T, B] -> ([T, B, H], state)."""
         T, B = first.shape
         assert features.shape[:2] == (T, B), (features.shape, first.shape)
         keep = (~first).to(features.dtype)  # [T, B]; 0 where an episode starts
         if self.prev_action_reward:
-            one_hot = nn.functional.one_hot(prev_action.long(), self.num_actions).to(features.dtype)
+            if self.continuous:
+                one_hot = prev_action.to(features.dtype)
+            else:
+                one_hot = nn.functional.one_hot(prev_action.long(), self.num_actions).to(features.dtype)
             reward = prev_reward.to(features.dtype).unsqueeze(-1)
             inputs = torch.cat([features, one_hot * keep.unsqueeze(-1), reward * keep.unsqueeze(-1)], dim=-1)
         else:

@@ -1,9 +1,30 @@
-"""PPO losses as pure functions returning ``(total, metrics)`` (PureJaxRL style; SPEC §2)."""
+"""PPO (Schulman et al. 2017): the clipped-surrogate loss as a pure function returning ``(total, metrics)``
+(PureJaxRL style), and the update: epochs x minibatches of whole environment sequences (SPEC §2)."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
-from torch.distributions import Categorical
+from torch.distributions import Distribution
+
+from multiscene.algos.onpolicy.base import (
+    Advantages,
+    DeviceRollout,
+    OnPolicyAlgorithm,
+    Snapshot,
+    UpdateResult,
+    add_aux_terms,
+    as_single_steps,
+    critic_diagnostics,
+    first_nonfinite,
+)
+
+if TYPE_CHECKING:
+    from multiscene.algos.onpolicy.rollout import Rollout
+    from multiscene.config import TrainConfig
+    from multiscene.models.agent import Agent
+    from multiscene.models.distributions import DiagGaussian
 
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -22,8 +43,22 @@ def normalize_advantages(adv: torch.Tensor, mask: torch.Tensor | None = None) ->
     return (adv - mean) / (var.sqrt() + 1e-8)
 
 
+def value_loss(
+    values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, clip_coef: float | None,
+    mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """0.5 * squared error summed over heads [T, B, H] (SPEC §3.5), averaged over valid steps; clipped around
+    ``old_values`` when ``clip_coef`` is given (PPO's value clipping)."""
+    if clip_coef is not None:
+        clipped = old_values + (values - old_values).clamp(-clip_coef, clip_coef)
+        v_err = torch.max((values - returns) ** 2, (clipped - returns) ** 2)
+    else:
+        v_err = (values - returns) ** 2
+    return 0.5 * masked_mean(v_err.sum(dim=-1), mask)
+
+
 def ppo_loss(
-    logits: torch.Tensor,
+    dist: Distribution | DiagGaussian,
     actions: torch.Tensor,
     old_logprobs: torch.Tensor,
     advantages: torch.Tensor,
@@ -40,11 +75,11 @@ def ppo_loss(
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Clipped-surrogate PPO loss.
 
-    logits [T, B, A]; actions, old_logprobs, advantages [T, B] (advantages already combined over heads);
-    values, old_values, returns [T, B, H]. The value loss is summed over heads (SPEC §3.5) and averaged over
-    valid steps. Returns (total loss, metrics) with metrics as detached scalar tensors.
+    dist: the policy's action distribution over [T, B]; actions [T, B] (or [T, B, A]); old_logprobs,
+    advantages [T, B] (advantages already combined over heads); values, old_values, returns [T, B, H]. The
+    value loss is summed over heads (SPEC §3.5) and averaged over valid steps. Returns (total loss, metrics)
+    with metrics as detached scalar tensors.
     """
-    dist = Categorical(logits=logits)
     logprobs = dist.log_prob(actions)
     entropy = dist.entropy()
     log_ratio = logprobs - old_logprobs
@@ -52,12 +87,7 @@ def ppo_loss(
     if norm_adv:
         advantages = normalize_advantages(advantages, mask)
     pg_loss = masked_mean(torch.max(-advantages * ratio, -advantages * ratio.clamp(1 - clip_coef, 1 + clip_coef)), mask)
-    if clip_vloss:
-        clipped = old_values + (values - old_values).clamp(-clip_coef, clip_coef)
-        v_err = torch.max((values - returns) ** 2, (clipped - returns) ** 2)
-    else:
-        v_err = (values - returns) ** 2
-    v_loss = 0.5 * masked_mean(v_err.sum(dim=-1), mask)
+    v_loss = value_loss(values, old_values, returns, clip_coef if clip_vloss else None, mask)
     entropy_loss = masked_mean(entropy, mask)
     total = pg_loss - ent_coef * entropy_loss + vf_coef * v_loss
     with torch.no_grad():
@@ -79,3 +109,67 @@ def explained_variance(pred: torch.Tensor, target: torch.Tensor) -> float:
     if var.item() == 0:
         return float("nan")
     return float(1.0 - (target - pred).var() / var)
+
+
+class PPO(OnPolicyAlgorithm):
+    """``--algo ppo``: Adam, GAE(gamma, lambda), clipped surrogate; options are the flat CleanRL flags."""
+
+    name = "ppo"
+
+    def update(
+        self,
+        agent: Agent,
+        optimizer: torch.optim.Optimizer,
+        rollout: Rollout,
+        adv: Advantages,
+        aux_scales: dict[str, float],
+        cfg: TrainConfig,
+        device: torch.device,
+    ) -> UpdateResult:
+        """Epochs x minibatches of whole env sequences. A non-finite loss or gradient anywhere restores the
+        parameters and optimizer from before the update and reports the update as skipped (issue #6)."""
+        if cfg.minibatch_by == "step":
+            rollout, adv = as_single_steps(rollout, adv)
+        B = rollout.first.shape[1]
+        snapshot = Snapshot(agent, optimizer)
+        sums: dict[str, float] = {}
+        count = 0
+        autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16)
+        stop_early = False
+        inputs = DeviceRollout.of(rollout, device)
+        for _epoch in range(cfg.update_epochs):
+            perm = torch.randperm(B)
+            for mb in perm.chunk(cfg.num_minibatches):
+                with autocast:
+                    out = inputs.forward(agent, mb)
+                loss, metrics = ppo_loss(
+                    agent.distribution(out.logits.float()), rollout.actions[:, mb].to(device),
+                    rollout.logprobs[:, mb].to(device), adv.policy[:, mb].to(device), out.values.float(),
+                    rollout.values[:, mb].to(device), adv.returns[:, mb].to(device),
+                    clip_coef=cfg.clip_coef, clip_vloss=cfg.clip_vloss, ent_coef=cfg.ent_coef, vf_coef=cfg.vf_coef,
+                    norm_adv=cfg.norm_adv,
+                )
+                first = inputs.first[:, mb]
+                loss, critic_out = add_aux_terms(loss, metrics, agent, out, inputs.obs[:, mb], first, aux_scales)
+                bad = first_nonfinite({**metrics, "loss": loss})  # name the loss term, not just the total
+                if bad is None:
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    grad_norm = torch.nn.utils.clip_grad_norm_(agent.parameters(), cfg.max_grad_norm)
+                    if not torch.isfinite(grad_norm):
+                        bad = "gradients"
+                if bad is not None:
+                    snapshot.restore()
+                    return UpdateResult({}, skipped=True, bad_term=bad)
+                optimizer.step()
+                metrics["losses/grad_norm"] = grad_norm.detach()
+                metrics.update(critic_diagnostics(agent, critic_out, first))
+                for k, v in metrics.items():
+                    sums[k] = sums.get(k, 0.0) + float(v)
+                count += 1
+                if cfg.target_kl is not None and float(metrics["losses/approx_kl"]) > cfg.target_kl:
+                    stop_early = True
+                    break
+            if stop_early:
+                break
+        return UpdateResult({k: v / count for k, v in sums.items()}, skipped=False, bad_term=None)

@@ -1,0 +1,199 @@
+"""What every on-policy algorithm is, and the pieces their updates share.
+
+An on-policy algorithm (PPO, A2C, ACKTR) is a small class registered in multiscene/registry.py. The shared loop
+(``multiscene.algos.onpolicy.loop``) collects a rollout, asks the algorithm for the advantages and returns,
+then for its update:
+
+- ``make_optimizer(agent, cfg)``: the optimizer (Adam, RMSprop, K-FAC);
+- ``advantages(critic, rollout, cfg)``: per-head advantages and returns (GAE for PPO, n-step for A2C/ACKTR),
+  and the policy advantage that combines the heads;
+- ``update(agent, optimizer, rollout, advantages, returns, aux_scales, cfg, device) -> UpdateResult``.
+
+``config_group = ("name", Dataclass)`` gives it its own ``--name.*`` flags.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+import torch
+
+from multiscene.critics.base import CriticOutput
+from multiscene.gae import compute_gae
+
+if TYPE_CHECKING:
+    from multiscene.algos.onpolicy.rollout import Rollout
+    from multiscene.config import TrainConfig
+    from multiscene.critics.base import Critic
+    from multiscene.models.agent import Agent, AgentOutput
+
+
+@dataclass(frozen=True)
+class UpdateResult:
+    metrics: dict[str, float]
+    skipped: bool
+    bad_term: str | None
+
+
+class Advantages(NamedTuple):
+    policy: torch.Tensor
+    """[T, B] the advantage of the policy loss (heads combined by the critic)."""
+    heads: torch.Tensor
+    """[T, B, H] per-head advantages."""
+    returns: torch.Tensor
+    """[T, B, H] per-head value targets."""
+
+
+class OnPolicyAlgorithm(ABC):
+    """Base of PPO, A2C and ACKTR: one loop, three updates."""
+
+    name = "on-policy"
+    family = "onpolicy"
+    config_group: tuple[str, type] | None = None
+    uses_minibatches = True
+    """False when the update takes the whole rollout in one step (A2C, ACKTR): --num-minibatches is ignored."""
+
+    @classmethod
+    def train(cls, cfg: TrainConfig) -> Path:
+        from multiscene.algos.onpolicy.loop import train
+
+        return train(cfg, cls())
+
+    def make_optimizer(self, agent: Agent, cfg: TrainConfig) -> torch.optim.Optimizer:
+        return torch.optim.Adam(agent.parameters(), lr=cfg.learning_rate, eps=cfg.adam_eps)
+
+    def gae_lambda(self, cfg: TrainConfig) -> float:
+        return cfg.gae_lambda
+
+    def advantages(self, critic: Critic, rollout: Rollout, cfg: TrainConfig) -> Advantages:
+        head_rewards = critic.head_rewards(rollout.rewards, rollout.extra_rewards)
+        heads, returns = compute_gae(
+            head_rewards, rollout.values, rollout.dones, rollout.next_value, cfg.gamma, self.gae_lambda(cfg)
+        )
+        return Advantages(critic.combine_advantages(heads), heads, returns)
+
+    @abstractmethod
+    def update(
+        self,
+        agent: Agent,
+        optimizer: torch.optim.Optimizer,
+        rollout: Rollout,
+        adv: Advantages,
+        aux_scales: dict[str, float],
+        cfg: TrainConfig,
+        device: torch.device,
+    ) -> UpdateResult:
+        """One update from one rollout; a non-finite loss or gradient restores the state from before it."""
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Pieces shared by the updates
+
+
+class DeviceRollout(NamedTuple):
+    """The rollout's model inputs on the device, moved once per update (on CUDA the uint8 observations of
+    64 envs x 256 steps are 200 MB; on the CPU these are no-ops)."""
+
+    obs: torch.Tensor
+    first: torch.Tensor
+    prev_action: torch.Tensor
+    prev_reward: torch.Tensor
+    initial_state: tuple[torch.Tensor, ...]
+
+    @classmethod
+    def of(cls, rollout: Rollout, device: torch.device) -> DeviceRollout:
+        obs, first, prev_action, prev_reward = (
+            x.to(device, non_blocking=True)
+            for x in (rollout.obs, rollout.first, rollout.prev_action, rollout.prev_reward)
+        )
+        return cls(obs, first, prev_action, prev_reward, tuple(s.to(device) for s in rollout.initial_state))
+
+    def forward(self, agent: Agent, envs: torch.Tensor | slice) -> AgentOutput:
+        """The agent over the whole sequences of the envs ``envs`` (indices on dim 1)."""
+        return agent(
+            self.obs[:, envs], self.first[:, envs], self.prev_action[:, envs], self.prev_reward[:, envs],
+            tuple(s[:, envs] for s in self.initial_state), normalized=True,
+        )
+
+
+def add_aux_terms(
+    loss: torch.Tensor,
+    metrics: dict[str, torch.Tensor],
+    agent: Agent,
+    out: AgentOutput,
+    obs: torch.Tensor,
+    first: torch.Tensor,
+    aux_scales: dict[str, float],
+) -> tuple[torch.Tensor, CriticOutput]:
+    """Adds the critic's and the auxiliary loss's named terms, each times its scale, to ``loss``; the two key
+    sets must be equal (DreamerV3's rule: a term without a scale, or a scale without a term, is a bug).
+
+    Returns the new loss and the critic's output (for diagnostics). ``obs`` [T, b, *obs], ``first`` [T, b].
+    """
+    critic_out = CriticOutput(out.values.float(), {k: v.float() for k, v in out.extras.items()})
+    valid = torch.ones_like(first)
+    terms = dict(agent.critic.aux_losses(critic_out, valid, first=first))
+    aux = getattr(agent, "aux", None)
+    if aux is not None:
+        terms.update(aux.losses(obs, out.extras["features"], valid))
+    assert set(terms) == set(aux_scales), f"aux terms {sorted(terms)} != scales {sorted(aux_scales)}"
+    for name, term in terms.items():
+        loss = loss + aux_scales[name] * term
+        metrics[f"losses/{name}"] = term.detach()
+    return loss, critic_out
+
+
+def as_single_steps(rollout: Rollout, adv: Advantages) -> tuple[Rollout, Advantages]:
+    """A feed-forward view of a rollout: [T, B, ...] -> [1, T * B, ...], so that minibatches "of envs" are
+    minibatches of single transitions (``--minibatch-by step``, CleanRL's feed-forward scripts). Valid only
+    without a recurrent core, which ``validate`` checks."""
+    assert not rollout.initial_state, "--minibatch-by step needs a feed-forward agent (--core none)"
+
+    def flat(x: torch.Tensor | None) -> torch.Tensor | None:
+        return None if x is None else x.reshape(1, -1, *x.shape[2:])
+
+    changes = {name: flat(getattr(rollout, name)) for name in (
+        "obs", "first", "prev_action", "prev_reward", "actions", "logprobs", "values", "rewards", "raw_rewards",
+        "dones", "alpha", "extra_rewards")}
+    return dataclasses.replace(rollout, **changes), Advantages(*(flat(x) for x in adv))  # type: ignore[arg-type]
+
+
+def first_nonfinite(terms: dict[str, torch.Tensor]) -> str | None:
+    for name, value in terms.items():
+        if not bool(torch.isfinite(value).all()):
+            return name
+    return None
+
+
+class Snapshot:
+    """Parameters and optimizer state from before an update, to restore when a loss or gradient is not
+    finite (issue #6): the update is then reported as skipped."""
+
+    def __init__(self, agent: Agent, optimizer: torch.optim.Optimizer) -> None:
+        self.agent, self.optimizer = agent, optimizer
+        self.params = copy.deepcopy(agent.state_dict())
+        self.optim = copy.deepcopy(optimizer.state_dict())
+
+    def restore(self) -> None:
+        self.agent.load_state_dict(self.params)
+        self.optimizer.load_state_dict(self.optim)
+        self.optimizer.zero_grad(set_to_none=True)
+
+
+def critic_diagnostics(agent: Agent, critic_out: CriticOutput, first: torch.Tensor) -> dict[str, torch.Tensor]:
+    valid = torch.ones_like(first)
+    return {f"dve/{k}": torch.tensor(v) for k, v in agent.critic.diagnostics(critic_out, valid, first=first).items()}
+
+
+def scheduled_terms(agent: Agent, schedule: Any, global_step: int, cfg: TrainConfig) -> dict[str, float]:
+    """Scales of every named aux term: the L_CC schedule's, then the auxiliary loss's."""
+    scales = dict(schedule.scales(global_step))
+    aux = getattr(agent, "aux", None)
+    if aux is not None:
+        scales.update(aux.scales(cfg))
+    return scales

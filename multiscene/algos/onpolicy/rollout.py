@@ -1,0 +1,171 @@
+"""Rollout storage and collection for the on-policy family (PPO, A2C, ACKTR): the first of the three jobs of
+STYLE.md (collect; returns; update), joined to the others by the typed ``Rollout`` record."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from multiscene.envs.base import EpisodeStats, VecEnv
+from multiscene.models.agent import Agent
+from multiscene.models.core import CoreState
+from multiscene.normalize import RewardNormalizer
+
+if TYPE_CHECKING:
+    from multiscene.config import TrainConfig
+
+
+@dataclass(frozen=True)
+class Rollout:
+    """One rollout, time-major. T = num_steps, B = num_envs, H = critic heads, A = action dims (continuous)."""
+
+    obs: torch.Tensor  # [T, B, *obs] uint8 (images) or float32 (vectors, already normalized by the agent)
+    first: torch.Tensor  # [T, B] bool: obs[t] starts an episode
+    prev_action: torch.Tensor  # [T, B] long, or [T, B, A] float for continuous actions
+    prev_reward: torch.Tensor  # [T, B] float, raw env reward of the previous step
+    actions: torch.Tensor  # [T, B] long, or [T, B, A] float (the unclipped Gaussian sample)
+    logprobs: torch.Tensor  # [T, B]
+    values: torch.Tensor  # [T, B, H]
+    rewards: torch.Tensor  # [T, B] normalized env reward
+    raw_rewards: torch.Tensor  # [T, B]
+    dones: torch.Tensor  # [T, B] bool: the episode ended after the action at t
+    initial_state: CoreState  # core state before obs[0]
+    next_value: torch.Tensor  # [B, H]
+    alpha: torch.Tensor | None  # [T, B, N_b] DVE attention, when the critic has one
+    episodes: list[EpisodeStats]
+    extra_rewards: torch.Tensor | None = None  # [T, B, E] rewards of the critic's reward transform (A2MC's VWR)
+
+    @property
+    def num_steps(self) -> int:
+        return int(self.first.shape[0])
+
+
+class RolloutCollector:
+    """Steps the training envs with the current policy and carries everything between rollouts."""
+
+    def __init__(self, envs: VecEnv, agent: Agent, cfg: TrainConfig, device: torch.device) -> None:
+        self.envs = envs
+        self.cfg = cfg
+        self.device = device
+        self.continuous = agent.continuous
+        self.normalizer = RewardNormalizer(envs.num_envs, cfg.gamma, enabled=cfg.norm_reward)
+        self.reward_transform = agent.critic.make_reward_transform(envs.num_envs, cfg)
+        start = envs.reset()
+        B = envs.num_envs
+        self.obs = agent.normalize_obs(torch.as_tensor(start.obs), update=True)
+        self.first = torch.ones(B, dtype=torch.bool)
+        self.prev_action = self._zero_actions(B)
+        self.prev_reward = torch.zeros(B)
+        self.core_state = agent.initial_state(B, device)
+
+    def _zero_actions(self, *leading: int) -> torch.Tensor:
+        if self.continuous:
+            return torch.zeros(*leading, self.envs.num_actions)
+        return torch.zeros(*leading, dtype=torch.long)
+
+    def carry_state(self) -> dict[str, Any]:
+        state = {
+            "obs": self.obs.clone(),
+            "first": self.first.clone(),
+            "prev_action": self.prev_action.clone(),
+            "prev_reward": self.prev_reward.clone(),
+            "core_state": tuple(s.cpu() for s in self.core_state),
+            "normalizer": self.normalizer.state_dict(),
+            "envs": self.envs.get_state(),
+        }
+        if self.reward_transform is not None:
+            state["reward_transform"] = self.reward_transform.state_dict()
+        return state
+
+    def load_carry_state(self, state: dict[str, Any]) -> None:
+        self.normalizer.load_state_dict(state["normalizer"])
+        if self.reward_transform is not None and "reward_transform" in state:
+            self.reward_transform.load_state_dict(state["reward_transform"])
+        if state.get("envs") is None:
+            return  # saved after an env error: keep the fresh envs and carry
+        self.envs.set_state(state["envs"])
+        self.obs = state["obs"]
+        self.first = state["first"]
+        self.prev_action = state["prev_action"]
+        self.prev_reward = state["prev_reward"]
+        self.core_state = tuple(s.to(self.device) for s in state["core_state"])
+
+    @torch.no_grad()
+    def collect(self, agent: Agent, num_steps: int | None = None) -> Rollout:
+        cfg, B, dev = self.cfg, self.envs.num_envs, self.device
+        T = num_steps or cfg.num_steps
+        H = agent.critic.num_heads
+        A = self.envs.num_actions if self.continuous else 1
+        obs = torch.empty((T, B, *self.obs.shape[1:]), dtype=self.obs.dtype)
+        first = torch.empty((T, B), dtype=torch.bool)
+        prev_action = torch.empty((T, *self.prev_action.shape), dtype=self.prev_action.dtype)
+        prev_reward = torch.empty((T, B))
+        actions = self._zero_actions(T, B)
+        logprobs = torch.empty((T, B))
+        values = torch.empty((T, B, H))
+        rewards = torch.empty((T, B))
+        raw_rewards = torch.empty((T, B))
+        dones = torch.empty((T, B), dtype=torch.bool)
+        extra = [] if self.reward_transform is not None else None
+        alphas: list[torch.Tensor] = []
+        episodes: list[EpisodeStats] = []
+        initial_state = tuple(s.clone() for s in self.core_state)
+        autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cfg.bf16)
+        for t in range(T):
+            obs[t], first[t], prev_action[t], prev_reward[t] = self.obs, self.first, self.prev_action, self.prev_reward
+            with autocast:
+                out = agent(
+                    self.obs.to(dev, non_blocking=True)[None],
+                    self.first.to(dev)[None],
+                    self.prev_action.to(dev)[None],
+                    self.prev_reward.to(dev)[None],
+                    self.core_state,
+                    normalized=True,
+                )
+            logits = out.logits[0].float()
+            dist = agent.distribution(logits)
+            action = dist.sample()
+            # One device->host copy per step instead of one per tensor: on CUDA each copy waits for the device.
+            # A discrete action travels as a float, exact for any action count below 2**24.
+            action_cols = action if self.continuous else action.to(logits.dtype)[:, None]
+            parts = [action_cols, dist.log_prob(action)[:, None], out.values[0].float()]
+            if "alpha" in out.extras:
+                parts.append(out.extras["alpha"][0].float())
+            host = torch.cat(parts, dim=1).cpu()
+            if self.continuous:
+                actions[t] = host[:, :A]
+            else:
+                actions[t] = host[:, 0].long()
+            logprobs[t] = host[:, A]
+            values[t] = host[:, A + 1 : A + 1 + H]
+            if "alpha" in out.extras:
+                alphas.append(host[:, A + 1 + H :])
+            self.core_state = out.state
+            step = self.envs.step(actions[t].numpy())
+            done = step.first
+            raw_rewards[t] = torch.as_tensor(step.reward)
+            rewards[t] = torch.as_tensor(self.normalizer(step.reward.astype(np.float64), done))
+            dones[t] = torch.as_tensor(done)
+            if extra is not None:
+                extra.append(self.reward_transform.step(raw_rewards[t], self.first))
+            episodes.extend(step.episodes)
+            self.obs = agent.normalize_obs(torch.as_tensor(step.obs), update=True)
+            self.first = torch.as_tensor(done)
+            keep = self.first[:, None] if self.continuous else self.first
+            self.prev_action = torch.where(keep, 0, actions[t])
+            self.prev_reward = torch.where(self.first, 0.0, raw_rewards[t])
+        with autocast:
+            out = agent(
+                self.obs.to(dev)[None], self.first.to(dev)[None], self.prev_action.to(dev)[None],
+                self.prev_reward.to(dev)[None], self.core_state, normalized=True,
+            )
+        return Rollout(
+            obs=obs, first=first, prev_action=prev_action, prev_reward=prev_reward, actions=actions,
+            logprobs=logprobs, values=values, rewards=rewards, raw_rewards=raw_rewards, dones=dones,
+            initial_state=tuple(s.cpu() for s in initial_state), next_value=out.values[0].float().cpu(),
+            alpha=torch.stack(alphas) if alphas else None, episodes=episodes,
+            extra_rewards=torch.stack(extra)[..., None] if extra else None,
+        )

@@ -1,0 +1,126 @@
+"""The algorithm axis (issue 10): registry, config groups, distributions, A2C returns, every algo x critic."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+import types
+
+import pytest
+import torch
+from conftest import tiny_config
+
+from multiscene import registry
+from multiscene.algos.onpolicy.a2c import A2C
+from multiscene.algos.onpolicy.rollout import Rollout
+from multiscene.cli import parse_train_args
+from multiscene.config import ConfigError, TrainConfig, _assemble_train_config, validate
+from multiscene.critics.scalar import ScalarCritic
+from multiscene.logger import read_metrics
+from multiscene.models.distributions import CategoricalActions, DiagGaussian
+from multiscene.presets import default_preset
+from multiscene.trainer import train
+
+
+def test_gaussian_log_prob_and_entropy_match_torch():
+    torch.manual_seed(0)
+    mean, log_std = torch.randn(5, 3, 4), torch.randn(4) * 0.5
+    action = torch.randn(5, 3, 4)
+    ours = DiagGaussian(mean, log_std)
+    ref = torch.distributions.Independent(torch.distributions.Normal(mean, log_std.exp().expand_as(mean)), 1)
+    torch.testing.assert_close(ours.log_prob(action), ref.log_prob(action))
+    torch.testing.assert_close(ours.entropy(), ref.entropy())
+    assert ours.mode() is mean and ours.sample().shape == (5, 3, 4)
+
+
+def test_categorical_mode_is_argmax():
+    logits = torch.tensor([[0.1, 2.0, -1.0], [3.0, 0.0, 0.0]])
+    assert CategoricalActions(logits=logits).mode().tolist() == [1, 0]
+
+
+def _rollout(rewards: torch.Tensor, dones: torch.Tensor, values: torch.Tensor, next_value: torch.Tensor) -> Rollout:
+    T, B = rewards.shape
+    z = torch.zeros(T, B)
+    return Rollout(obs=z, first=z.bool(), prev_action=z.long(), prev_reward=z, actions=z.long(), logprobs=z,
+                   values=values, rewards=rewards, raw_rewards=rewards, dones=dones, initial_state=(),
+                   next_value=next_value, alpha=None, episodes=[])
+
+
+def test_a2c_returns_are_n_step_returns_across_episode_ends():
+    torch.manual_seed(1)
+    T, B, gamma = 6, 3, 0.9
+    rewards, values = torch.randn(T, B), torch.randn(T, B, 1)
+    dones = torch.zeros(T, B, dtype=torch.bool)
+    dones[2, 0] = dones[4, 1] = dones[5, 2] = True
+    next_value = torch.randn(B, 1)
+    cfg = tiny_config("unused", algo="a2c", critic="scalar", gamma=gamma)
+    adv = A2C().advantages(ScalarCritic(4), _rollout(rewards, dones, values, next_value), cfg)
+    for b in range(B):  # plain loop: R_t = r_t + gamma * R_{t+1}, cut at episode ends, bootstrapped at T
+        running = next_value[b, 0].item()
+        for t in reversed(range(T)):
+            running = rewards[t, b].item() + gamma * running * (0.0 if dones[t, b] else 1.0)
+            assert math.isclose(adv.returns[t, b, 0].item(), running, rel_tol=1e-5, abs_tol=1e-6)
+            assert math.isclose(adv.policy[t, b].item(), running - values[t, b, 0].item(), rel_tol=1e-5, abs_tol=1e-5)
+
+
+@pytest.mark.parametrize("algo", ["a2c", "acktr"])
+@pytest.mark.parametrize("critic", ["scalar", "dve", "sparse-dve"])
+def test_every_algorithm_trains_with_every_critic(tmp_path, algo, critic):
+    if algo == "acktr":
+        pytest.importorskip("multiscene.optim.kfac")
+    cfg = tiny_config(str(tmp_path / "run"), algo=algo, critic=critic, final_eval=False, learning_rate=1e-3)
+    run = train(cfg)
+    records = [r for r in read_metrics(run / "metrics.jsonl") if "losses/policy_loss" in r]
+    assert [r["update"] for r in records] == [1, 2, 3]
+    assert all(math.isfinite(r["losses/value_loss"]) for r in records)
+    if critic == "sparse-dve":
+        assert all("losses/cc_confusion" in r for r in records)
+    if algo == "acktr":
+        assert all("losses/fisher_loss" in r for r in records)
+
+
+def test_algorithm_config_groups_parse_from_the_command_line():
+    cfg = parse_train_args(["--algo", "a2c", "--a2c.rms-alpha", "0.95", "--preset", "quickstart"])
+    assert cfg.algo == "a2c" and cfg.a2c.rms_alpha == 0.95 and cfg.preset == "quickstart"
+    with pytest.raises(ConfigError, match="--a2c.rms-alpha"):
+        validate(dataclasses.replace(cfg, a2c=dataclasses.replace(cfg.a2c, rms_alpha=1.5)))
+    with pytest.raises(ConfigError, match="--algo must be one of ppo, a2c, acktr"):
+        validate(dataclasses.replace(cfg, algo="sac"))
+
+
+@pytest.mark.parametrize(("env", "algo", "preset"), [
+    (None, None, "quickstart"), ("heist", None, "procgen-easy"), ("MiniGrid-DoorKey-5x5-v0", None, "minigrid"),
+    ("HalfCheetah-v5", "acktr", "acktr-mujoco"), ("BoxingNoFrameskip-v4", "a2c", "a2c-atari"),
+    ("ALE/Boxing-v5", None, "ppo-atari"), ("CartPole-v1", "a2c", "gym"),
+])
+def test_default_preset_follows_the_env_family_and_algorithm(env, algo, preset):
+    assert default_preset(env, algo) == preset
+
+
+def test_without_preset_the_env_family_decides(tmp_path):
+    cfg = parse_train_args(["--env", "heist"])
+    assert cfg.preset == "procgen-easy" and cfg.gamma == 0.999 and cfg.critic == "scalar"
+
+
+def test_a_new_part_is_one_module_plus_one_registration_line(monkeypatch):
+    """What the README promises: a new critic with options of its own needs its file and one line in
+    multiscene/registry.py; TrainConfig then has its group and the flag parses."""
+    module = types.ModuleType("my_critic_module")
+
+    @dataclasses.dataclass(frozen=True)
+    class MyConfig:
+        scale: float = 1.0
+
+    class MyCritic(ScalarCritic):
+        config_group = ("mine", MyConfig)
+
+    module.MyCritic = MyCritic
+    monkeypatch.setitem(sys.modules, "my_critic_module", module)
+    monkeypatch.setitem(registry.CRITICS, "mine", "my_critic_module:MyCritic")  # the one registration line
+    config_type = _assemble_train_config()
+    import tyro
+
+    cfg = tyro.cli(config_type, args=["--critic", "mine", "--mine.scale", "2.5"], default=config_type())
+    assert cfg.critic == "mine" and cfg.mine.scale == 2.5
+    assert "mine" not in {f.name for f in dataclasses.fields(TrainConfig)}  # the real config is untouched
