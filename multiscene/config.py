@@ -143,6 +143,10 @@ class CommonConfig:
     """Normalize advantages per minibatch."""
     norm_reward: bool = True
     """Divide rewards by a running std of the discounted return (same gamma)."""
+    bootstrap_truncation: bool = True
+    """At a time-limit truncation, bootstrap the return from the value of the episode's last observation
+    (issue 16); --no-bootstrap-truncation treats it as a termination, as CleanRL and train-procgen do (the
+    Procgen and CleanRL-parity presets). Envs that cannot tell truncation apart (Procgen) need it off."""
     target_kl: float | None = None
     """Stop the epochs of an update early past this approximate KL."""
 

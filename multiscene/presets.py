@@ -44,6 +44,7 @@ def procgen_easy() -> TrainConfig:
     """SPEC §2 easy protocol: RL² (IMPALA-CNN + LSTM, scalar critic), 25M steps on 200 levels."""
     return TrainConfig(
         preset="procgen-easy",
+        bootstrap_truncation=False,  # Procgen (gym3) cannot tell time limits apart; train-procgen/CleanRL do not
         env="coinrun",
         critic="scalar",
         num_envs=64,
@@ -65,6 +66,7 @@ def procgen_hard() -> TrainConfig:
     """SPEC §2 hard protocol: 200M steps on 500 levels (the paper ran 4 workers x 64 envs)."""
     return TrainConfig(
         preset="procgen-hard",
+        bootstrap_truncation=False,  # Procgen (gym3) cannot tell time limits apart; train-procgen/CleanRL do not
         env="coinrun",
         critic="scalar",
         num_envs=64,
@@ -92,6 +94,7 @@ def cleanrl_procgen() -> TrainConfig:
     """
     return TrainConfig(
         preset="cleanrl-procgen",
+        bootstrap_truncation=False,  # Procgen (gym3) cannot tell time limits apart; train-procgen/CleanRL do not
         env="starpilot",
         critic="scalar",
         core="none",
@@ -148,10 +151,10 @@ def minigrid() -> TrainConfig:
 
 
 def ppo_atari() -> TrainConfig:
-    """CleanRL ppo_atari.py's settings: Nature-CNN, no recurrence, 8 envs x 128 steps, lr 2.5e-4 annealed,
+    """CleanRL ppo_atari.py's settings (truncation treated as termination, as there): Nature-CNN, no recurrence, 8 envs x 128 steps, lr 2.5e-4 annealed,
     4 minibatches x 4 epochs, clip 0.1, entropy 0.01, gamma 0.99, lambda 0.95, 10M steps."""
     return TrainConfig(
-        preset="ppo-atari", env="BreakoutNoFrameskip-v4", algo="ppo", critic="scalar", core="none",
+        preset="ppo-atari", env="BreakoutNoFrameskip-v4", bootstrap_truncation=False, algo="ppo", critic="scalar", core="none",
         prev_action_reward=False, hidden_size=512, num_envs=8, num_steps=128, total_timesteps=10_000_000,
         learning_rate=2.5e-4, anneal_lr=True, num_minibatches=4, update_epochs=4, clip_coef=0.1, ent_coef=0.01,
         vf_coef=0.5, max_grad_norm=0.5, gamma=0.99, gae_lambda=0.95, norm_reward=False, num_levels=1,
@@ -164,7 +167,7 @@ def a2c_atari() -> TrainConfig:
     RMSprop lr 7e-4 (alpha 0.99, eps 1e-5) annealed linearly as baselines' default schedule, entropy 0.01,
     value coefficient 0.5, gradient clip 0.5, gamma 0.99, no advantage or reward normalization (rewards are
     clipped by the Atari wrapper), 10M steps."""
-    return replace(ppo_atari(), preset="a2c-atari", algo="a2c", num_envs=32, num_steps=20, learning_rate=7e-4,
+    return replace(ppo_atari(), preset="a2c-atari", algo="a2c", bootstrap_truncation=True, num_envs=32, num_steps=20, learning_rate=7e-4,
                    anneal_lr=True, num_minibatches=1, update_epochs=1, norm_adv=False)
 
 
@@ -175,11 +178,11 @@ def acktr_atari() -> TrainConfig:
 
 
 def ppo_mujoco() -> TrainConfig:
-    """CleanRL ppo_continuous_action.py's settings: MLP 64x64 tanh, Gaussian policy with state-independent
+    """CleanRL ppo_continuous_action.py's settings (truncation treated as termination, as there): MLP 64x64 tanh, Gaussian policy with state-independent
     log-std, 1 env x 2048 steps, 32 minibatches of transitions x 10 epochs, lr 3e-4 annealed, gamma 0.99,
     lambda 0.95, clip 0.2, no entropy bonus, observation and reward normalization, 1M steps."""
     return TrainConfig(
-        preset="ppo-mujoco", env="HalfCheetah-v5", algo="ppo", critic="scalar", core="none",
+        preset="ppo-mujoco", env="HalfCheetah-v5", bootstrap_truncation=False, algo="ppo", critic="scalar", core="none",
         prev_action_reward=False, hidden_size=64, num_envs=1, num_steps=2048, total_timesteps=1_000_000,
         learning_rate=3e-4, anneal_lr=True, num_minibatches=32, minibatch_by="step", update_epochs=10,
         clip_coef=0.2, ent_coef=0.0, vf_coef=0.5, max_grad_norm=0.5, gamma=0.99, gae_lambda=0.95,
@@ -189,14 +192,14 @@ def ppo_mujoco() -> TrainConfig:
 
 def a2c_mujoco() -> TrainConfig:
     """A2C on MuJoCo as seed 004's baseline family: the ppo-mujoco agent, 8 envs x 20 steps, RMSprop 7e-4."""
-    return replace(ppo_mujoco(), preset="a2c-mujoco", algo="a2c", num_envs=8, num_steps=20, learning_rate=7e-4,
+    return replace(ppo_mujoco(), preset="a2c-mujoco", algo="a2c", bootstrap_truncation=True, num_envs=8, num_steps=20, learning_rate=7e-4,
                    num_minibatches=1, minibatch_by="env", update_epochs=1, norm_adv=False, ent_coef=0.0)
 
 
 def acktr_mujoco() -> TrainConfig:
     """ACKTR on MuJoCo with seed 004 §6.2's batch of 2500 steps per update (5 envs x 500 steps; the split is
     ours), K-FAC lr 0.03 and GAE lambda 0.97 as baselines' continuous ACKTR (acktr_cont), KL clip 0.001."""
-    cfg = replace(ppo_mujoco(), preset="acktr-mujoco", algo="acktr", num_envs=5, num_steps=500,
+    cfg = replace(ppo_mujoco(), preset="acktr-mujoco", algo="acktr", bootstrap_truncation=True, num_envs=5, num_steps=500,
                   learning_rate=0.03, anneal_lr=False, num_minibatches=1, minibatch_by="env", update_epochs=1,
                   ent_coef=0.0, norm_adv=True)
     return replace(cfg, acktr={"gae_lambda": 0.97})

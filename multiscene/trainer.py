@@ -14,6 +14,7 @@ from multiscene.runtime import (  # noqa: F401  (re-exported)
     CONFIG_FILE,
     TrainingStopped,
     agent_tensors,
+    config_record,
     default_run_dir,
     env_spec,
     load_agent_tensors,

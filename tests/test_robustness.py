@@ -14,7 +14,7 @@ import torch
 from conftest import tiny_config
 from safetensors.torch import load_file
 
-import multiscene.trainer as trainer_module
+import multiscene.algos.onpolicy.ppo as ppo_module
 from multiscene.checkpoint import list_checkpoints, load_latest_checkpoint
 from multiscene.config import ConfigError
 from multiscene.envs.base import EnvError
@@ -91,7 +91,7 @@ def test_corrupted_checkpoint_falls_back_to_the_previous_good_one(tmp_path):
 
 def _nan_after(monkeypatch: pytest.MonkeyPatch, first_bad_call: int, bad_calls: int) -> None:
     """Make ppo_loss's policy-loss term NaN on calls [first_bad_call, first_bad_call + bad_calls)."""
-    real = trainer_module.ppo_loss
+    real = ppo_module.ppo_loss
     calls = {"n": 0}
 
     def poisoned(*args, **kwargs):
@@ -102,7 +102,7 @@ def _nan_after(monkeypatch: pytest.MonkeyPatch, first_bad_call: int, bad_calls: 
             total = total * float("nan")
         return total, metrics
 
-    monkeypatch.setattr(trainer_module, "ppo_loss", poisoned)
+    monkeypatch.setattr(ppo_module, "ppo_loss", poisoned)
 
 
 def test_a_nan_skips_the_update_and_training_goes_on(tmp_path, monkeypatch):

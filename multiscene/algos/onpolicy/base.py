@@ -73,7 +73,8 @@ class OnPolicyAlgorithm(ABC):
     def advantages(self, critic: Critic, rollout: Rollout, cfg: TrainConfig) -> Advantages:
         head_rewards = critic.head_rewards(rollout.rewards, rollout.extra_rewards)
         heads, returns = compute_gae(
-            head_rewards, rollout.values, rollout.dones, rollout.next_value, cfg.gamma, self.gae_lambda(cfg)
+            head_rewards, rollout.values, rollout.dones, rollout.next_value, cfg.gamma, self.gae_lambda(cfg),
+            **truncation_bootstrap(rollout),
         )
         return Advantages(critic.combine_advantages(heads), heads, returns)
 
@@ -89,6 +90,14 @@ class OnPolicyAlgorithm(ABC):
         device: torch.device,
     ) -> UpdateResult:
         """One update from one rollout; a non-finite loss or gradient restores the state from before it."""
+
+
+def truncation_bootstrap(rollout: Rollout) -> dict[str, torch.Tensor]:
+    """``compute_gae``'s truncation arguments when the rollout saw a time-limit cut, else none (so rollouts
+    without truncation take exactly the arithmetic of before; issue 16)."""
+    if rollout.truncated is None or not bool(rollout.truncated.any()):
+        return {}
+    return {"truncated": rollout.truncated, "final_values": rollout.final_values}
 
 
 # ----------------------------------------------------------------------------------------------------------

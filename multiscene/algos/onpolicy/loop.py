@@ -21,7 +21,7 @@ from multiscene.algos.onpolicy.base import Advantages, OnPolicyAlgorithm, schedu
 from multiscene.algos.onpolicy.ppo import explained_variance
 from multiscene.algos.onpolicy.rollout import Rollout, RolloutCollector
 from multiscene.checkpoint import load_latest_checkpoint, save_checkpoint
-from multiscene.config import validate
+from multiscene.config import ConfigError, validate
 from multiscene.critics.schedule import make_cc_schedule
 from multiscene.envs import check_env_id, make_env
 from multiscene.envs.base import EnvError
@@ -92,6 +92,7 @@ def train(cfg: TrainConfig, algo: OnPolicyAlgorithm) -> Path:
     seed_everything(cfg.seed, cfg.deterministic_torch)
     device = resolve_device(cfg.device)
     envs = make_env(env_spec(cfg, "train", cfg.num_envs))
+    check_truncation_support(cfg, envs)
     agent = make_agent(cfg, envs, device=device)
     optimizer = algo.make_optimizer(agent, cfg)
     schedule = make_cc_schedule(cfg)
@@ -231,6 +232,16 @@ def train(cfg: TrainConfig, algo: OnPolicyAlgorithm) -> Path:
     final_logger.log({"update": update, "global_step": global_step, **eval_record(summary)})
     final_logger.close()
     return run_dir
+
+
+def check_truncation_support(cfg: TrainConfig, envs: Any) -> None:
+    """--bootstrap-truncation needs an env that tells time limits from terminations (issue 16)."""
+    if cfg.bootstrap_truncation and not getattr(envs, "truncation_known", True):
+        envs.close()
+        raise ConfigError(
+            f"--bootstrap-truncation: {cfg.env} cannot tell a time-limit cut from a termination (Procgen's gym3 "
+            "interface reports both as done); pass --no-bootstrap-truncation (the Procgen presets do)."
+        )
 
 
 def eval_record(summary: dict[str, Any]) -> dict[str, float]:

@@ -37,6 +37,8 @@ class Rollout:
     alpha: torch.Tensor | None  # [T, B, N_b] DVE attention, when the critic has one
     episodes: list[EpisodeStats]
     extra_rewards: torch.Tensor | None = None  # [T, B, E] rewards of the critic's reward transform (A2MC's VWR)
+    truncated: torch.Tensor | None = None  # [T, B] bool: the episode was cut by a time limit after step t
+    final_values: torch.Tensor | None = None  # [T, B, H] value of the last observation where truncated[t]
 
     @property
     def num_steps(self) -> int:
@@ -110,6 +112,9 @@ class RolloutCollector:
         raw_rewards = torch.empty((T, B))
         dones = torch.empty((T, B), dtype=torch.bool)
         extra = [] if self.reward_transform is not None else None
+        bootstrap = cfg.bootstrap_truncation
+        truncated = torch.zeros((T, B), dtype=torch.bool) if bootstrap else None
+        final_values = torch.zeros((T, B, H)) if bootstrap else None
         alphas: list[torch.Tensor] = []
         episodes: list[EpisodeStats] = []
         initial_state = tuple(s.clone() for s in self.core_state)
@@ -152,6 +157,19 @@ class RolloutCollector:
             if extra is not None:
                 extra.append(self.reward_transform.step(raw_rewards[t], self.first))
             episodes.extend(step.episodes)
+            final_obs = getattr(step, "final_obs", None)
+            if bootstrap and final_obs is not None and step.truncated.any():
+                # A time limit is not a terminal state: the return goes on past the cut, so the value of the
+                # episode's last observation (not the reset one) bootstraps it (issue 16; SB3 does the same).
+                cut = torch.as_tensor(step.truncated)
+                last = agent.normalize_obs(torch.as_tensor(final_obs), update=False)
+                with autocast:
+                    out_final = agent(
+                        last.to(dev)[None], torch.zeros(1, B, dtype=torch.bool, device=dev),
+                        actions[t].to(dev)[None], raw_rewards[t].to(dev)[None], self.core_state, normalized=True,
+                    )
+                truncated[t] = cut
+                final_values[t] = torch.where(cut[:, None], out_final.values[0].float().cpu(), 0.0)
             self.obs = agent.normalize_obs(torch.as_tensor(step.obs), update=True)
             self.first = torch.as_tensor(done)
             keep = self.first[:, None] if self.continuous else self.first
@@ -168,4 +186,5 @@ class RolloutCollector:
             initial_state=tuple(s.cpu() for s in initial_state), next_value=out.values[0].float().cpu(),
             alpha=torch.stack(alphas) if alphas else None, episodes=episodes,
             extra_rewards=torch.stack(extra)[..., None] if extra else None,
+            truncated=truncated, final_values=final_values,
         )
