@@ -120,3 +120,14 @@ def test_bad_set_ups_raise_config_errors_naming_the_flag() -> None:
         validate_hotwire(HotwireConfig(epsilon=1.5))
     with pytest.raises(ConfigError, match="--hotwire-cfg.fraction"):
         validate_hotwire(HotwireConfig(fraction=-0.1))
+
+
+def test_group_validate_checks_the_algorithm_only_when_hotwire_is_on() -> None:
+    class _Cfg:
+        algo = "impala"
+        hotwire = True
+
+    with pytest.raises(ConfigError, match="--algo impala"):
+        HotwireConfig().validate(_Cfg())
+    _Cfg.hotwire = False
+    HotwireConfig().validate(_Cfg())

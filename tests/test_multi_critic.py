@@ -182,3 +182,14 @@ def test_multi_critic_trains_on_a_tiny_regression(env_head: str) -> None:
         env1, vwr1, _ = losses()
     assert env1 < 0.2 * env0
     assert vwr1 < 0.5 * vwr0
+
+
+def test_group_validate_needs_two_clusters_for_a_sparse_env_head() -> None:
+    class _Cfg:
+        dve = DVEConfig(num_clusters=1)
+
+    MultiConfig(env_head="dve").validate(_Cfg())
+    with pytest.raises(ConfigError, match="--dve.num-clusters"):
+        MultiConfig(env_head="sparse-dve").validate(_Cfg())
+    with pytest.raises(ConfigError, match="--vwr.window"):
+        VWRConfig(window=0).validate(_Cfg())

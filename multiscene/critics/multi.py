@@ -55,6 +55,15 @@ class MultiConfig:
     """Scale of the VWR head's reward (ours): match-env rescales VWR to the running RMS of the env-head reward;
     none uses VWR as computed."""
 
+    def validate(self, cfg: Any) -> None:
+        """Called by ``multiscene.config.validate`` with the whole training config (reads ``cfg.dve``)."""
+        validate_multi(self)
+        if self.env_head == "sparse-dve" and cfg.dve.num_clusters < 2:
+            raise ConfigError(
+                f"--multi.env-head sparse-dve needs --dve.num-clusters >= 2 (L_CC sparsifies the choice among "
+                f"clusters), got {cfg.dve.num_clusters}."
+            )
+
 
 def validate_multi(cfg: MultiConfig) -> None:
     """Raise ConfigError naming the ``--multi.*`` flag and what is allowed."""

@@ -10,7 +10,7 @@ seed leaves open; it is written out in ``vwr_terms``'s docstring and in docs/a2m
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 
@@ -41,6 +41,10 @@ class VWRConfig:
     """Reward unit (ours; the seed has none): the immediate reward enters as asinh(r_t / scale) and the past's
     excursions are measured against scale + their largest size. 1 suits rewards of order one (clipped Atari,
     MuJoCo per-step rewards); raise it for games whose raw rewards are in the hundreds."""
+
+    def validate(self, cfg: Any) -> None:
+        """Called by ``multiscene.config.validate`` with the whole training config."""
+        validate_vwr(self)
 
 
 def validate_vwr(cfg: VWRConfig) -> None:

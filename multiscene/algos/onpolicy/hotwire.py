@@ -28,6 +28,7 @@ Choices that are ours (the seed gives the mechanism, not these details):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -48,6 +49,14 @@ class HotwireConfig:
     --total-timesteps (seed 004, §6: "the first [...] of the total training period"; 5% is SPEC §4's choice)."""
     epsilon: float = 0.2
     """Probability that a trapped env is hot-wired at the start of a segment (SPEC §4's choice: 0.2)."""
+
+    def validate(self, cfg: Any) -> None:
+        """Called by ``multiscene.config.validate``: checks ``--algo`` when ``cfg.hotwire`` is on. Continuous
+        actions are only known once the env exists; ``HotWire(..., continuous=True)`` refuses them then."""
+        if getattr(cfg, "hotwire", False):
+            validate_hotwire(self, algo=getattr(cfg, "algo", None))
+        else:
+            validate_hotwire(self)
 
 
 def validate_hotwire(cfg: HotwireConfig, *, continuous: bool = False, algo: str | None = None) -> None:
