@@ -223,6 +223,10 @@ class RunningVWR:
         self.buffer = torch.zeros(num_envs, window + 1, dtype=dtype, device=device)
         """[B, T+1] ring buffer; slot ``head`` holds the newest reward."""
         self.head = window
+        size = window + 1
+        # Row h: the slots oldest first when slot h holds the newest reward (one gather per step).
+        self._orders = (torch.arange(size).unsqueeze(0) + torch.arange(1, size + 1).unsqueeze(1)) % size
+        self._orders = self._orders.to(device)
         self.last: torch.Tensor = torch.zeros(num_envs, dtype=dtype, device=device)
         """[B] the VWR of the last ``step`` (for logging)."""
 
@@ -233,9 +237,7 @@ class RunningVWR:
 
     def windows(self) -> torch.Tensor:
         """[B, T+1] the current windows, oldest first."""
-        size = self.window + 1
-        order = (torch.arange(1, size + 1, device=self.buffer.device) + self.head) % size
-        return self.buffer[:, order]
+        return self.buffer[:, self._orders[self.head]]
 
     def step(self, reward: torch.Tensor, first: torch.Tensor) -> torch.Tensor:
         """reward [B] (raw env reward of this step), first [B] bool (reward starts an episode) -> VWR [B]."""
@@ -246,7 +248,8 @@ class RunningVWR:
         self.head = (self.head + 1) % (self.window + 1)
         self.buffer[:, self.head] = reward
         # An episode start fills the whole window with its first reward (the padding above).
-        self.buffer = torch.where(first.unsqueeze(-1), reward.unsqueeze(-1), self.buffer)
+        if bool(first.any()):
+            self.buffer = torch.where(first.unsqueeze(-1), reward.unsqueeze(-1), self.buffer)
         self.last = variability_weighted_reward(self.windows(), self.sigma_max, self.kappa, self.scale)
         return self.last
 
