@@ -172,7 +172,7 @@ def test_multi_critic_trains_on_a_tiny_regression(env_head: str) -> None:
 
     with torch.no_grad():
         env0, vwr0, _ = losses()
-    for _ in range(300):
+    for _ in range(200):
         env_loss, vwr_loss, aux = losses()
         total = env_loss + vwr_loss + 0.01 * sum(aux.values(), torch.zeros(()))
         optimizer.zero_grad()
@@ -193,3 +193,26 @@ def test_group_validate_needs_two_clusters_for_a_sparse_env_head() -> None:
         MultiConfig(env_head="sparse-dve").validate(_Cfg())
     with pytest.raises(ConfigError, match="--vwr.window"):
         VWRConfig(window=0).validate(_Cfg())
+
+
+def test_collector_pipeline_running_vwr_to_two_head_advantages() -> None:
+    # What the loop does with the critic's parts: step the reward transform on raw rewards with the `first` of
+    # the observation each action was taken on, store it as extra[..., 0], then head rewards -> GAE -> combine.
+    critic = _critic(beta=0.5)
+    T, B = 12, 3
+    gen = torch.Generator().manual_seed(1)
+    raw = torch.where(torch.rand(T, B, generator=gen) < 0.3, torch.randn(T, B, generator=gen), torch.zeros(T, B))
+    first = torch.rand(T, B, generator=gen) < 0.1
+    first[0] = True
+    transform = critic.make_reward_transform(B, VWRConfig(window=4))
+    extra = torch.stack([transform.step(raw[t], first[t]) for t in range(T)]).unsqueeze(-1)
+    assert ((extra[..., 0] != 0) == (raw != 0)).all()  # VWR is non-zero exactly where the reward is
+    normalized = raw / 0.5
+    head_rewards = critic.head_rewards(normalized, extra)
+    scale = critic.vwr_reward_scale()
+    assert scale == pytest.approx(float(normalized.pow(2).sum().sqrt() / extra.pow(2).sum().sqrt()))
+    assert torch.allclose(head_rewards[..., 1], extra[..., 0] * scale)
+    values = torch.randn(T, B, 2, generator=gen)
+    dones = torch.cat([first[1:], torch.zeros(1, B, dtype=torch.bool)])
+    adv, _ = compute_gae(head_rewards, values, dones, torch.zeros(B, 2), gamma=0.99, gae_lambda=1.0)
+    assert torch.allclose(critic.combine_advantages(adv), adv[..., 0] + 0.5 * adv[..., 1])
