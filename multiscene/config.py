@@ -76,6 +76,8 @@ class CommonConfig:
     """Training budget in environment steps."""
     run_dir: str | None = None
     """Where the run is written; default runs/<env>-<algo>-<critic>-s<seed>."""
+    hotwire: bool = False
+    """Hot-wiring exploration of A2MC (seed 004, §5; options in --hotwire-cfg.*). Discrete actions only."""
     algo: str = "ppo"
     """Algorithm (multiscene/registry.py): ppo, a2c, acktr."""
     critic: str = "scalar"

@@ -35,10 +35,18 @@ CRITICS: dict[str, str] = {
     "scalar": "multiscene.critics.scalar:ScalarCritic",
     "dve": "multiscene.critics.dve:DVECritic",
     "sparse-dve": "multiscene.critics.dve:SparseDVECritic",
+    "multi": "multiscene.critics.multi:MultiCritic",
 }
 
 AUX_LOSSES: dict[str, str] = {}
 """``--aux NAME``; ``none`` (no auxiliary loss) is always allowed."""
+
+OPTION_GROUPS: dict[str, str] = {
+    "vwr": "multiscene.rewards.vwr:VWRConfig",
+    "hotwire_cfg": "multiscene.algos.onpolicy.hotwire:HotwireConfig",
+}
+"""Config groups of parts that are switched on by a flag rather than chosen by name (``--vwr.*`` for the VWR
+reward of ``--critic multi``; ``--hotwire-cfg.*`` for ``--hotwire``)."""
 
 KINDS: dict[str, dict[str, str]] = {"algorithm": ALGORITHMS, "critic": CRITICS, "aux": AUX_LOSSES}
 FLAGS = {"algorithm": "--algo", "critic": "--critic", "aux": "--aux"}
@@ -66,4 +74,7 @@ def config_groups() -> dict[str, type]:
             group_name, group_type = group
             if groups.setdefault(group_name, group_type) is not group_type:
                 raise TypeError(f"config group {group_name!r} is declared with two different dataclasses")
+    for group_name, target in OPTION_GROUPS.items():
+        module_name, attribute = target.split(":")
+        groups.setdefault(group_name, getattr(importlib.import_module(module_name), attribute))
     return groups

@@ -55,6 +55,8 @@ class CCSchedule:
 
     def __init__(self, cfg: TrainConfig) -> None:
         self.critic = cfg.critic
+        multi = getattr(cfg, "multi", None)
+        self.has_cc = cfg.critic == "sparse-dve" or (cfg.critic == "multi" and multi.env_head == "sparse-dve")
         self.dve = cfg.dve
         self.total_timesteps = cfg.total_timesteps
         self.kind = cfg.dve.schedule
@@ -67,7 +69,7 @@ class CCSchedule:
     @property
     def term_names(self) -> tuple[str, ...]:
         """The aux terms this schedule scales: both L_CC terms for sparse-dve, none otherwise."""
-        return ("cc_confusion", "cc_contribution") if self.critic == "sparse-dve" else ()
+        return ("cc_confusion", "cc_contribution") if self.has_cc else ()
 
     def factor(self, global_step: int) -> float:
         """f in [0, 1]: the fraction of (k1, k2) in force at ``global_step``."""

@@ -27,6 +27,7 @@ from multiscene.algos.onpolicy.base import (
     critic_diagnostics,
     first_nonfinite,
 )
+from multiscene.algos.onpolicy.ppo import masked_mean, normalize_advantages
 from multiscene.config import ConfigError
 
 if TYPE_CHECKING:
@@ -62,10 +63,12 @@ def a2c_loss(
     dist = agent.distribution(out.logits.float())
     logprobs = dist.log_prob(rollout.actions.to(device))
     advantages = adv.policy.to(device)
+    # Hot-wired steps (seed 004 §5) leave the policy terms; the value loss keeps every step.
+    mask = rollout.policy_mask.to(device) if rollout.policy_mask is not None else None
     if cfg.norm_adv:
-        advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
-    pg_loss = -(advantages * logprobs).mean()
-    entropy = dist.entropy().mean()
+        advantages = normalize_advantages(advantages, mask)
+    pg_loss = masked_mean(-(advantages * logprobs), mask)
+    entropy = masked_mean(dist.entropy(), mask)
     v_loss = (out.values.float() - adv.returns.to(device)).pow(2).sum(dim=-1).mean()
     total = pg_loss - cfg.ent_coef * entropy + cfg.vf_coef * v_loss
     with torch.no_grad():

@@ -168,7 +168,7 @@ def as_single_steps(rollout: Rollout, adv: Advantages) -> tuple[Rollout, Advanta
 
     changes = {name: flat(getattr(rollout, name)) for name in (
         "obs", "first", "prev_action", "prev_reward", "actions", "logprobs", "values", "rewards", "raw_rewards",
-        "dones", "alpha", "extra_rewards")}
+        "dones", "alpha", "extra_rewards", "policy_mask")}
     return dataclasses.replace(rollout, **changes), Advantages(*(flat(x) for x in adv))  # type: ignore[arg-type]
 
 

@@ -148,7 +148,7 @@ def train(cfg: TrainConfig, algo: OnPolicyAlgorithm) -> Path:
 
                 # 1. Collect
                 try:
-                    rollout = collector.collect(agent)
+                    rollout = collector.collect(agent, global_step=global_step)
                 except EnvError as e:
                     checkpoint(with_envs=False)
                     raise EnvError(f"{e} (state saved at update {update}; continue with --resume)") from e
@@ -183,6 +183,8 @@ def train(cfg: TrainConfig, algo: OnPolicyAlgorithm) -> Path:
                     nonfinite_in_row = 0
                 record.update(result.metrics)
                 record.update(rollout_metrics(rollout, adv, agent, schedule))
+                if collector.hotwire is not None:
+                    record.update(collector.hotwire.metrics())
                 for name, scale in aux_scales.items():
                     record[f"schedule/{name}"] = scale
                 sps = (global_step - start_step) / max(time.time() - start_time, 1e-9)

@@ -72,27 +72,30 @@ def ppo_loss(
     vf_coef: float,
     norm_adv: bool,
     mask: torch.Tensor | None = None,
+    policy_mask: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Clipped-surrogate PPO loss.
 
     dist: the policy's action distribution over [T, B]; actions [T, B] (or [T, B, A]); old_logprobs,
     advantages [T, B] (advantages already combined over heads); values, old_values, returns [T, B, H]. The
-    value loss is summed over heads (SPEC §3.5) and averaged over valid steps. Returns (total loss, metrics)
-    with metrics as detached scalar tensors.
+    value loss is summed over heads (SPEC §3.5) and averaged over valid steps. ``policy_mask`` [T, B] leaves
+    steps out of the policy and entropy terms only (hot-wired steps, seed 004 §5; the value loss keeps them).
+    Returns (total loss, metrics) with metrics as detached scalar tensors.
     """
+    pmask = mask if policy_mask is None else (policy_mask if mask is None else policy_mask & mask)
     logprobs = dist.log_prob(actions)
     entropy = dist.entropy()
     log_ratio = logprobs - old_logprobs
     ratio = log_ratio.exp()
     if norm_adv:
-        advantages = normalize_advantages(advantages, mask)
-    pg_loss = masked_mean(torch.max(-advantages * ratio, -advantages * ratio.clamp(1 - clip_coef, 1 + clip_coef)), mask)
+        advantages = normalize_advantages(advantages, pmask)
+    pg_loss = masked_mean(torch.max(-advantages * ratio, -advantages * ratio.clamp(1 - clip_coef, 1 + clip_coef)), pmask)
     v_loss = value_loss(values, old_values, returns, clip_coef if clip_vloss else None, mask)
-    entropy_loss = masked_mean(entropy, mask)
+    entropy_loss = masked_mean(entropy, pmask)
     total = pg_loss - ent_coef * entropy_loss + vf_coef * v_loss
     with torch.no_grad():
-        approx_kl = masked_mean((ratio - 1) - log_ratio, mask)
-        clipfrac = masked_mean(((ratio - 1.0).abs() > clip_coef).float(), mask)
+        approx_kl = masked_mean((ratio - 1) - log_ratio, pmask)
+        clipfrac = masked_mean(((ratio - 1.0).abs() > clip_coef).float(), pmask)
     metrics = {
         "losses/policy_loss": pg_loss.detach(),
         "losses/value_loss": v_loss.detach(),
@@ -148,6 +151,7 @@ class PPO(OnPolicyAlgorithm):
                     rollout.values[:, mb].to(device), adv.returns[:, mb].to(device),
                     clip_coef=cfg.clip_coef, clip_vloss=cfg.clip_vloss, ent_coef=cfg.ent_coef, vf_coef=cfg.vf_coef,
                     norm_adv=cfg.norm_adv,
+                    policy_mask=None if rollout.policy_mask is None else rollout.policy_mask[:, mb].to(device),
                 )
                 first = inputs.first[:, mb]
                 loss, critic_out = add_aux_terms(loss, metrics, agent, out, inputs.obs[:, mb], first, aux_scales)

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from multiscene.algos.onpolicy.hotwire import HotWire
 from multiscene.envs.base import EpisodeStats, VecEnv
 from multiscene.models.agent import Agent
 from multiscene.models.core import CoreState
@@ -39,6 +40,7 @@ class Rollout:
     extra_rewards: torch.Tensor | None = None  # [T, B, E] rewards of the critic's reward transform (A2MC's VWR)
     truncated: torch.Tensor | None = None  # [T, B] bool: the episode was cut by a time limit after step t
     final_values: torch.Tensor | None = None  # [T, B, H] value of the last observation where truncated[t]
+    policy_mask: torch.Tensor | None = None  # [T, B] bool: steps in the policy loss (False: hot-wired, seed 004 §5)
 
     @property
     def num_steps(self) -> int:
@@ -55,6 +57,11 @@ class RolloutCollector:
         self.continuous = agent.continuous
         self.normalizer = RewardNormalizer(envs.num_envs, cfg.gamma, enabled=cfg.norm_reward)
         self.reward_transform = agent.critic.make_reward_transform(envs.num_envs, cfg)
+        self.hotwire = (
+            HotWire(envs.num_envs, envs.num_actions, cfg.hotwire_cfg, cfg.seed, continuous=self.continuous)
+            if cfg.hotwire
+            else None
+        )
         start = envs.reset()
         B = envs.num_envs
         self.obs = agent.normalize_obs(torch.as_tensor(start.obs), update=True)
@@ -80,12 +87,16 @@ class RolloutCollector:
         }
         if self.reward_transform is not None:
             state["reward_transform"] = self.reward_transform.state_dict()
+        if self.hotwire is not None:
+            state["hotwire"] = self.hotwire.state_dict()
         return state
 
     def load_carry_state(self, state: dict[str, Any]) -> None:
         self.normalizer.load_state_dict(state["normalizer"])
         if self.reward_transform is not None and "reward_transform" in state:
             self.reward_transform.load_state_dict(state["reward_transform"])
+        if self.hotwire is not None and "hotwire" in state:
+            self.hotwire.load_state_dict(state["hotwire"])
         if state.get("envs") is None:
             return  # saved after an env error: keep the fresh envs and carry
         self.envs.set_state(state["envs"])
@@ -96,7 +107,7 @@ class RolloutCollector:
         self.core_state = tuple(s.to(self.device) for s in state["core_state"])
 
     @torch.no_grad()
-    def collect(self, agent: Agent, num_steps: int | None = None) -> Rollout:
+    def collect(self, agent: Agent, num_steps: int | None = None, global_step: int = 0) -> Rollout:
         cfg, B, dev = self.cfg, self.envs.num_envs, self.device
         T = num_steps or cfg.num_steps
         H = agent.critic.num_heads
@@ -118,6 +129,8 @@ class RolloutCollector:
         alphas: list[torch.Tensor] = []
         episodes: list[EpisodeStats] = []
         initial_state = tuple(s.clone() for s in self.core_state)
+        if self.hotwire is not None:
+            self.hotwire.begin_segment(global_step, cfg.total_timesteps)
         autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cfg.bf16)
         for t in range(T):
             obs[t], first[t], prev_action[t], prev_reward[t] = self.obs, self.first, self.prev_action, self.prev_reward
@@ -133,6 +146,8 @@ class RolloutCollector:
             logits = out.logits[0].float()
             dist = agent.distribution(logits)
             action = dist.sample()
+            if self.hotwire is not None:
+                action = self.hotwire.apply(action)
             # One device->host copy per step instead of one per tensor: on CUDA each copy waits for the device.
             # A discrete action travels as a float, exact for any action count below 2**24.
             action_cols = action if self.continuous else action.to(logits.dtype)[:, None]
@@ -154,6 +169,8 @@ class RolloutCollector:
             raw_rewards[t] = torch.as_tensor(step.reward)
             rewards[t] = torch.as_tensor(self.normalizer(step.reward.astype(np.float64), done))
             dones[t] = torch.as_tensor(done)
+            if self.hotwire is not None:
+                self.hotwire.observe(raw_rewards[t])
             if extra is not None:
                 extra.append(self.reward_transform.step(raw_rewards[t], self.first))
             episodes.extend(step.episodes)
@@ -186,5 +203,6 @@ class RolloutCollector:
             initial_state=tuple(s.cpu() for s in initial_state), next_value=out.values[0].float().cpu(),
             alpha=torch.stack(alphas) if alphas else None, episodes=episodes,
             extra_rewards=torch.stack(extra)[..., None] if extra else None,
+            policy_mask=self.hotwire.policy_mask(T) if self.hotwire is not None else None,
             truncated=truncated, final_values=final_values,
         )
