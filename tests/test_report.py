@@ -264,9 +264,9 @@ def test_value_error_leaves_out_the_last_steps_of_a_time_limit_cut() -> None:
     assert result.truncated_episodes == 1 and result.truncated_steps_left_out == 4
     np.testing.assert_allclose(result.realized, [63 / 32, 31 / 16])
     # The same episode ended by the MDP keeps every step; so does a file without the flag (old runs load as before).
-    for flag in (False, None):
+    for flag, mode in ((False, "none"), (None, "unrecorded")):
         plain = stats.value_error(_one_episode([1.0] * 6, truncated=flag))
-        assert plain is not None and plain.truncation == "none" and len(plain.realized) == 6
+        assert plain is not None and plain.truncation == mode and len(plain.realized) == 6
         assert plain.truncated_steps_left_out == 0
 
 
@@ -292,6 +292,30 @@ def test_report_names_the_truncation_rule(tmp_path: Path) -> None:
     # two steps of each of the 16 episodes (3-8 steps long) are left out.
     assert test["truncated_steps_left_out"] == 32
     assert test["overall"]["steps"] == len(steps["episode"]) - 32
-    assert summary["value_error"]["train"]["truncation"] == "none"
+    assert summary["value_error"]["train"]["truncation"] == "unrecorded"  # no flag in that file
     page = (run / "report" / "index.html").read_text()
     assert "cut by a time limit" in page and "left out of the error" in page
+
+
+def test_compact_step_labels() -> None:
+    from multiscene.analysis.figures import compact_steps
+
+    cases = {0: "0", 500: "500", 1024: "1.02k", 1500: "1.5k", 50_000: "50k", 120_000: "120k", 1_000_000: "1M",
+             1_250_000: "1.25M", 25_000_000: "25M", 2_000_000_000: "2B"}
+    assert {v: compact_steps(v) for v in cases} == cases
+
+
+def test_step_axes_get_compact_tick_labels() -> None:
+    import matplotlib.pyplot as plt
+
+    from multiscene.analysis.figures import steps_axis
+
+    fig, ax = plt.subplots(figsize=(3, 2))  # as narrow as a report panel
+    ax.plot([0, 1_400_000], [0, 1])
+    steps_axis(ax)
+    fig.canvas.draw()
+    labels = [t.get_text() for t in ax.get_xticklabels() if t.get_text()]
+    plt.close(fig)
+    assert 3 <= len(labels) <= 7
+    assert all(label[-1] in "kM0" and len(label) <= 5 for label in labels), labels
+    assert "1M" in labels or "1.2M" in labels

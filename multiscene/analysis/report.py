@@ -171,7 +171,8 @@ def value_error_section(run: RunData, out: Path) -> tuple[Section, dict[str, Any
         drawn[split] = (result.predicted, result.realized, s["per_level"])
         o = s["overall"]
         rows.append([split, o["mean_abs_error"], o["rmse"], o["bias"], o["mean_realized"], o["steps"],
-                     len(s["per_level"]), s["truncated_episodes"], s["truncated_steps_left_out"]])
+                     len(s["per_level"]), *((s["truncated_episodes"], s["truncated_steps_left_out"])
+                                            if s["truncation"] != "unrecorded" else ("not recorded", "—"))])
         if s["truncation"] == "excluded":
             section.text.append(
                 f"{split}: {s['truncated_episodes']} episode(s) were cut by a time limit; their last "
@@ -189,7 +190,7 @@ def value_error_section(run: RunData, out: Path) -> tuple[Section, dict[str, Any
         section.text.append(f"Realized return-to-go uses γ = {float(steps['gamma']):g} and raw rewards; V is "
                             f"multiplied by reward_scale = {float(steps['reward_scale']):.4g} (the critic learns "
                             "normalized rewards). Head 0 (the env-reward value) is compared for every critic.")
-        if not all("truncated" in run.steps[split] for split in drawn):
+        if any(summary[split]["truncation"] == "unrecorded" for split in drawn):
             section.text.append("The evaluation steps record no time-limit flag (a run from before issue 16): every "
                                 "episode end counts as a termination, so the last steps of an episode cut by a time "
                                 "limit are compared with a return that misses its tail.")

@@ -115,7 +115,7 @@ class ValueErrorResult:
     incomplete_episodes: int
     truncated_episodes: int = 0  # episodes the env cut at a time limit (issue 16)
     truncated_steps_left_out: int = 0  # their last steps, whose realized return misses a tail
-    truncation: str = "none"  # "none" (no truncation recorded), "excluded" or "bootstrapped"
+    truncation: str = "unrecorded"  # "unrecorded" (no flag in the file), "none", "excluded" or "bootstrapped"
 
     @property
     def abs_error(self) -> np.ndarray:
@@ -192,7 +192,7 @@ def value_error(steps: Mapping[str, np.ndarray], gamma: float | None = None,
         level_out.append(levels[rows][keep])
     if not predicted or not sum(len(p) for p in predicted):
         return None
-    mode = "none"
+    mode = "none" if "truncated" in steps else "unrecorded"
     if truncated_episodes:
         mode = "bootstrapped" if final_value is not None and left_out == 0 else "excluded"
     return ValueErrorResult(np.concatenate(predicted), np.concatenate(realized), np.concatenate(level_out),
