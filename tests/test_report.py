@@ -301,7 +301,7 @@ def test_compact_step_labels() -> None:
     from multiscene.analysis.figures import compact_steps
 
     cases = {0: "0", 500: "500", 1024: "1.02k", 1500: "1.5k", 50_000: "50k", 120_000: "120k", 1_000_000: "1M",
-             1_250_000: "1.25M", 25_000_000: "25M", 2_000_000_000: "2B"}
+             1_250_000: "1.25M", 25_000_000: "25M", 2_000_000_000: "2B", 999_999: "1M", 99_950: "100k", 999: "999"}
     assert {v: compact_steps(v) for v in cases} == cases
 
 

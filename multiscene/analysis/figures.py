@@ -18,6 +18,8 @@ import numpy as np  # noqa: E402
 from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
+from multiscene.analysis.stats import compact_steps  # noqa: E402 - re-exported for the figures' callers
+
 DPI = 100
 CLUSTER_COLORS = plt.get_cmap("tab10")
 METHOD_COLORS = {"RL²": "tab:gray", "DVE": "tab:blue", "Sparse DVE": "tab:red"}
@@ -28,16 +30,6 @@ def _save(fig: Figure, path: Path) -> Path:
     fig.savefig(path, dpi=DPI, bbox_inches="tight")
     plt.close(fig)
     return path
-
-
-def compact_steps(value: float, _position: object = None) -> str:
-    """A step count as a short tick label: 0, 500, 1.5k, 50k, 1M, 1.25M, 2B (issue 16: plain numbers such as
-    100000 run together on the narrow panels). Up to three significant digits, trailing zeros dropped."""
-    magnitude = abs(float(value))
-    for factor, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
-        if magnitude >= factor:
-            return f"{value / factor:.3g}{suffix}"
-    return f"{value:.3g}"
 
 
 def steps_axis(ax: Axes, axis: str = "x") -> None:

@@ -32,6 +32,17 @@ PROCGEN_EASY_RANGES: dict[str, tuple[float, float]] = {
 NORMALIZATION_SET = "procgen-easy (Cobbe et al. 2020, SPEC §9)"
 
 
+def compact_steps(value: float, _position: object = None) -> str:
+    """A step count as a short label: 0, 500, 1.5k, 50k, 1M, 1.25M, 2B (issue 16: plain numbers such as 100000
+    run together on the report's narrow panels). Up to three significant digits, trailing zeros dropped; the
+    second argument lets matplotlib's FuncFormatter call it as a tick formatter."""
+    value = float(f"{float(value):.3g}")  # round first, so 999_999 is "1M", not "1e+03k"
+    for factor, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= factor:
+            return f"{value / factor:.3g}{suffix}"
+    return f"{value:.3g}"
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Episodes inside a steps file
 
