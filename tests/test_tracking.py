@@ -112,6 +112,9 @@ def test_offline_wandb_run_receives_the_records(tmp_path: Path, monkeypatch: pyt
     for record in RECORDS:
         logger.log(record)
     logger.close()
+    import wandb
+
+    wandb.teardown()  # wandb-core may hold the end of its record log until its service stops (at process exit)
     run_id = json.loads((tmp_path / WANDB_RUN_FILE).read_text())["id"]
     (run_file,) = (tmp_path / "wandb").glob(f"offline-run-*-{run_id}/run-{run_id}.wandb")
     data = run_file.read_bytes()  # W&B's record log: protobuf records, keys and values as plain bytes
