@@ -222,3 +222,32 @@ def test_truncation_arguments_are_checked():
         nstep_returns(rewards, values, dones, next_value, 0.9, truncated=truncated)
     with pytest.raises(ValueError, match="final_values has shape"):
         discounted_returns(rewards, dones, 0.9, truncated=truncated, final_values=final_values[..., 0])
+
+
+def test_a_task_that_only_truncates_has_the_analytic_value_only_with_the_bootstrap():
+    # One state, reward 1 every step, no terminal state: V = 1 / (1 - gamma) = 10 for gamma 0.9. Episodes are cut
+    # by a time limit every 5 steps (4 envs at different phases); a table value is fitted to the targets until it
+    # stops moving. With the bootstrap the fixed point is the analytic 10; treating the cut as a termination
+    # teaches the value of a 5-step horizon (issue 16, item 4).
+    gamma, T, B, L = 0.9, 20, 4, 5
+    step_in_episode = (torch.arange(T)[:, None] + torch.arange(B)[None, :]) % L
+    dones = step_in_episode == L - 1
+    rewards = torch.ones(T, B, 1, dtype=torch.float64)
+
+    def fixed_point(bootstrap: bool, targets: str) -> float:
+        v = 0.0
+        for _ in range(300):
+            values = torch.full((T, B, 1), v, dtype=torch.float64)
+            kwargs = {"truncated": dones, "final_values": values.clone()} if bootstrap else {}
+            if targets == "gae":
+                _, ret = compute_gae(rewards, values, dones, values[0], gamma, 0.95, **kwargs)
+            else:
+                _, ret = nstep_returns(rewards, values, dones, values[0], gamma, **kwargs)
+            v = float(ret.mean())
+        return v
+
+    for targets in ("gae", "nstep"):
+        assert fixed_point(True, targets) == pytest.approx(10.0, abs=1e-6)
+        # Without it the targets are return-to-go sums of at most 5 rewards, averaging (1 + 1.9 + 2.71 + 3.44 +
+        # 4.10) / 5 = 2.63 over the positions, a little more where the rollout's end bootstraps: 2.64-2.70.
+        assert 2.6 < fixed_point(False, targets) < 2.8
