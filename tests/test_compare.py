@@ -107,9 +107,12 @@ def test_partial_run_is_marked_and_left_out_of_table(tmp_path: Path) -> None:
 
 def test_bad_input_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     run = write_fake_run(tmp_path / "ok", critic="scalar", env="coinrun", episodes=4)
-    (tmp_path / "notrun").mkdir()
-    assert main([str(run), str(tmp_path / "notrun"), "--out", str(tmp_path / "o1")]) == 2
+    (tmp_path / "looks-like-a-run").mkdir()
+    (tmp_path / "looks-like-a-run" / "metrics.jsonl").write_text("")  # a run folder that lost its config.json
+    assert main([str(run), str(tmp_path / "looks-like-a-run"), "--out", str(tmp_path / "o1")]) == 2
     assert "not a multiscene run directory" in capsys.readouterr().err
+    assert main([str(run), str(tmp_path / "typo"), "--out", str(tmp_path / "o1")]) == 2
+    assert "no such file or directory" in capsys.readouterr().err
 
     multi = write_fake_run(tmp_path / "multi", critic="dve", env="coinrun,starpilot", episodes=4)
     assert main([str(run), str(multi), "--out", str(tmp_path / "o2")]) == 2
@@ -121,3 +124,32 @@ def test_bad_input_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixtur
 
     assert main([str(run), str(run), "--out", str(tmp_path / "o4")]) == 2
     assert "more than once" in capsys.readouterr().err
+
+
+def test_out_that_is_a_run_directory_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run = write_fake_run(tmp_path / "run", critic="scalar", env="coinrun", episodes=4, updates=3)
+    before = sorted(p.name for p in run.iterdir())
+    assert main([str(run), "--out", str(run), "--reps", "20"]) == 2
+    err = capsys.readouterr().err
+    assert f"--out {run} is a run directory" in err
+    assert sorted(p.name for p in run.iterdir()) == before  # nothing written into the run
+
+
+def test_stray_entries_are_skipped_with_one_warning_each(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    runs_dir = tmp_path / "runs"
+    a = write_fake_run(runs_dir / "a", critic="scalar", env="coinrun", episodes=4, updates=3)
+    b = write_fake_run(runs_dir / "b", critic="scalar", env="coinrun", seed=2, episodes=4, updates=3)
+    (runs_dir / "notes.txt").write_text("stray file")
+    (runs_dir / "plots").mkdir()
+    entries = sorted(runs_dir.iterdir())  # what the shell makes of runs/*
+    assert main([str(p) for p in entries] + ["--out", str(tmp_path / "out"), "--reps", "20"]) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "skipping" in line]
+    assert warnings == [f"multiscene compare: skipping {runs_dir / 'notes.txt'}: not a run directory (a file)",
+                        f"multiscene compare: skipping {runs_dir / 'plots'}: not a run directory (a folder "
+                        "without config.json or metrics.jsonl)"]
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert set(summary["runs"]) == {str(a), str(b)}
+
+    # Nothing left: one error, exit status 2.
+    assert main([str(runs_dir / "notes.txt"), str(runs_dir / "plots"), "--out", str(tmp_path / "o2")]) == 2
+    assert "none of the 2 path(s) given is a run directory" in capsys.readouterr().err

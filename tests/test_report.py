@@ -241,3 +241,81 @@ def test_run_with_only_a_periodic_evaluation_uses_it_and_is_partial(tmp_path: Pa
     summary = build_report(run, FAST)
     assert summary["final_eval"]["test"]["return_mean"] == 0.125
     assert any("update-00000010.json" in p for p in summary["problems"])
+
+
+def _one_episode(rewards: list[float], truncated: bool | None, final_value: float | None = None) -> dict:
+    n = len(rewards)
+    steps = {"episode": np.zeros(n, dtype=np.int64), "t": np.arange(n), "level_seed": np.full(n, 3),
+             "reward": np.asarray(rewards, dtype=np.float32), "done": np.arange(n) == n - 1,
+             "value": np.zeros((n, 1), dtype=np.float32), "reward_scale": np.array(2.0), "gamma": np.array(0.5)}
+    if truncated is not None:
+        steps["truncated"] = (np.arange(n) == n - 1) & truncated
+    if final_value is not None:
+        steps["final_value"] = np.where(np.arange(n) == n - 1, final_value, np.nan)[:, None].astype(np.float32)
+    return steps
+
+
+def test_value_error_leaves_out_the_last_steps_of_a_time_limit_cut() -> None:
+    # 6 steps, gamma 0.5, tolerance 0.05: the unseen tail weighs 0.5 ** (6 - t) = 1/64, 1/32, 1/16, 1/8, 1/4, 1/2
+    # for t = 0..5, so t = 0, 1 (1/64, 1/32 <= 0.05) are kept and t = 2..5 left out.
+    # Realized (rewards 1): G_0 = 1 + 0.5 + ... + 0.5**5 = 63/32, G_1 = 31/16.
+    result = stats.value_error(_one_episode([1.0] * 6, truncated=True))
+    assert result is not None and result.truncation == "excluded"
+    assert result.truncated_episodes == 1 and result.truncated_steps_left_out == 4
+    np.testing.assert_allclose(result.realized, [63 / 32, 31 / 16])
+    # The same episode ended by the MDP keeps every step; so does a file without the flag (old runs load as before).
+    for flag, mode in ((False, "none"), (None, "unrecorded")):
+        plain = stats.value_error(_one_episode([1.0] * 6, truncated=flag))
+        assert plain is not None and plain.truncation == mode and len(plain.realized) == 6
+        assert plain.truncated_steps_left_out == 0
+
+
+def test_value_error_bootstraps_a_cut_with_the_final_value_when_recorded() -> None:
+    # 2 steps, rewards [1, 1], gamma 0.5, reward_scale 2, V(final obs) = 3 (normalized) = 6 in reward units.
+    # G_1 = 1 + 0.5 * 6 = 4; G_0 = 1 + 0.5 * 4 = 3.
+    result = stats.value_error(_one_episode([1.0, 1.0], truncated=True, final_value=3.0))
+    assert result is not None and result.truncation == "bootstrapped"
+    np.testing.assert_allclose(result.realized, [3.0, 4.0])
+    assert result.summary()["truncated_steps_left_out"] == 0
+
+
+def test_report_names_the_truncation_rule(tmp_path: Path) -> None:
+    run = write_fake_run(tmp_path / "cut", critic="scalar")
+    steps = dict(np.load(run / "eval" / "final_steps_test.npz"))
+    steps["truncated"] = steps["done"].copy()  # every test episode hit its time limit
+    steps["gamma"] = np.array(0.3)
+    np.savez_compressed(run / "eval" / "final_steps_test.npz", **steps)
+    summary = build_report(run, FAST)
+    test = summary["value_error"]["test"]
+    assert test["truncation"] == "excluded" and test["truncated_episodes"] == 16
+    # gamma 0.3: the tail weighs 0.3 and 0.09 (> 0.05) on the last two steps, 0.027 on the third from last, so
+    # two steps of each of the 16 episodes (3-8 steps long) are left out.
+    assert test["truncated_steps_left_out"] == 32
+    assert test["overall"]["steps"] == len(steps["episode"]) - 32
+    assert summary["value_error"]["train"]["truncation"] == "unrecorded"  # no flag in that file
+    page = (run / "report" / "index.html").read_text()
+    assert "cut by a time limit" in page and "left out of the error" in page
+
+
+def test_compact_step_labels() -> None:
+    from multiscene.analysis.figures import compact_steps
+
+    cases = {0: "0", 500: "500", 1024: "1.02k", 1500: "1.5k", 50_000: "50k", 120_000: "120k", 1_000_000: "1M",
+             1_250_000: "1.25M", 25_000_000: "25M", 2_000_000_000: "2B", 999_999: "1M", 99_950: "100k", 999: "999"}
+    assert {v: compact_steps(v) for v in cases} == cases
+
+
+def test_step_axes_get_compact_tick_labels() -> None:
+    import matplotlib.pyplot as plt
+
+    from multiscene.analysis.figures import steps_axis
+
+    fig, ax = plt.subplots(figsize=(3, 2))  # as narrow as a report panel
+    ax.plot([0, 1_400_000], [0, 1])
+    steps_axis(ax)
+    fig.canvas.draw()
+    labels = [t.get_text() for t in ax.get_xticklabels() if t.get_text()]
+    plt.close(fig)
+    assert 3 <= len(labels) <= 7
+    assert all(label[-1] in "kM0" and len(label) <= 5 for label in labels), labels
+    assert "1M" in labels or "1.2M" in labels

@@ -23,6 +23,7 @@ import io
 import json
 import re
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -68,6 +69,47 @@ def method_sort_key(method: str) -> tuple[int, str]:
 
 def game_sort_key(game: str) -> tuple[int, str]:
     return (SEED000_GAMES.index(game) if game in SEED000_GAMES else len(SEED000_GAMES), game)
+
+
+def select_run_dirs(paths: list[Path], warn: Callable[[str], None]) -> list[Path]:
+    """The paths that are run directories, in order; one ``warn`` line names each one skipped (issue 16:
+    ``multiscene compare runs/*`` where runs/ also holds a stray file or a comparison folder).
+
+    A path that does not exist is an error, not a skip: a shell glob never yields one, so it was typed wrong.
+    A folder that looks like a run (config.json, metrics.jsonl, checkpoints/ or model.safetensors) is kept even
+    when broken, so that load_run names what is wrong with it. Raises CompareError when nothing is left.
+    """
+    from multiscene.rundir import is_run_dir
+
+    missing = [str(p) for p in paths if not Path(p).exists()]
+    if missing:
+        raise CompareError(f"{', '.join(missing)}: no such file or directory; pass run directories (the --run-dir "
+                           "of multiscene train).")
+    kept = []
+    for path in paths:
+        if is_run_dir(Path(path)):
+            kept.append(Path(path))
+        else:
+            what = "a file" if Path(path).is_file() else "a folder without config.json or metrics.jsonl"
+            warn(f"multiscene compare: skipping {path}: not a run directory ({what})")
+    if not kept:
+        raise CompareError(f"none of the {len(paths)} path(s) given is a run directory (a folder with config.json "
+                           "and metrics.jsonl, written by multiscene train).")
+    return kept
+
+
+def check_out_dir(out_dir: Path) -> None:
+    """Refuse an --out that is a run directory: the comparison's index.html and summary.json would land among
+    the run's files, and a later ``compare runs/*`` would read the folder as a run (issue 16)."""
+    from multiscene.rundir import is_run_dir
+
+    if is_run_dir(out_dir):
+        raise CompareError(f"--out {out_dir} is a run directory (it holds config.json, metrics.jsonl or "
+                           "checkpoints); write the comparison to a folder of its own, e.g. --out comparisons/NAME.")
+
+
+def _warn_stderr(line: str) -> None:
+    print(line, file=sys.stderr)
 
 
 def load_and_group(run_dirs: list[Path]) -> dict[str, dict[str, list[RunData]]]:
@@ -326,11 +368,16 @@ def _slug(text: str) -> str:
 # The command
 
 
-def build_comparison(run_dirs: list[Path], out_dir: Path, opts: CompareOptions = CompareOptions()) -> dict[str, Any]:
-    """Write every comparison file into ``out_dir``; returns the summary also written to summary.json."""
+def build_comparison(run_dirs: list[Path], out_dir: Path, opts: CompareOptions = CompareOptions(),
+                     warn: Callable[[str], None] = _warn_stderr) -> dict[str, Any]:
+    """Write every comparison file into ``out_dir``; returns the summary also written to summary.json.
+
+    Paths that are not run directories are skipped with one ``warn`` line each; an ``out_dir`` that is a run
+    directory is refused (CompareError)."""
     from multiscene.rundir import atomic_write_bytes
 
-    groups = load_and_group(run_dirs)
+    check_out_dir(out_dir)
+    groups = load_and_group(select_run_dirs(list(run_dirs), warn) if run_dirs else [])
     out_dir.mkdir(parents=True, exist_ok=True)
     methods = sorted({m for by in groups.values() for m in by}, key=method_sort_key)
     rows = table1(groups)

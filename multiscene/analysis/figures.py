@@ -15,7 +15,10 @@ matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402 - the backend must be chosen first
 import numpy as np  # noqa: E402
+from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+
+from multiscene.analysis.stats import compact_steps  # noqa: E402 - re-exported for the figures' callers
 
 DPI = 100
 CLUSTER_COLORS = plt.get_cmap("tab10")
@@ -27,6 +30,15 @@ def _save(fig: Figure, path: Path) -> Path:
     fig.savefig(path, dpi=DPI, bbox_inches="tight")
     plt.close(fig)
     return path
+
+
+def steps_axis(ax: Axes, axis: str = "x") -> None:
+    """Compact labels (50k, 1M) and at most six ticks on an axis of environment steps."""
+    from matplotlib.ticker import FuncFormatter, MaxNLocator
+
+    target = ax.xaxis if axis == "x" else ax.yaxis
+    target.set_major_locator(MaxNLocator(nbins=6, steps=[1, 2, 2.5, 5, 10]))
+    target.set_major_formatter(FuncFormatter(compact_steps))
 
 
 def method_color(method: str, index: int) -> str:
@@ -65,6 +77,7 @@ def learning_curves(series: Mapping[str, Mapping[str, tuple[np.ndarray, np.ndarr
             else:
                 ax.plot(x, smooth(y, smooth_window), label=label, alpha=0.9)
         ax.set_xlabel("environment steps")
+        steps_axis(ax)
         ax.set_ylabel(panel)
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
@@ -82,6 +95,7 @@ def confusion_figure(confusion: tuple[np.ndarray, np.ndarray], hist_steps: np.nd
     ax_line.axhline(1.0 / num_clusters, ls="--", color="k", lw=0.8, label="one-hot (1/N_b)")
     ax_line.axhline(1.0, ls=":", color="k", lw=0.8, label="uniform")
     ax_line.set_xlabel("environment steps")
+    steps_axis(ax_line)
     ax_line.set_ylabel("mean confusion δ")
     ax_line.legend(fontsize=8)
     ax_line.grid(alpha=0.3)
@@ -92,7 +106,7 @@ def confusion_figure(confusion: tuple[np.ndarray, np.ndarray], hist_steps: np.nd
         for row, label, color in ((0, "first update", "tab:gray"), (len(hists) - 1, "last update", "tab:purple")):
             share = hists[row] / max(hists[row].sum(), 1.0)
             ax_hist.bar(edges[:-1], share, width=width, align="edge", alpha=0.5, color=color,
-                        label=f"{label} (step {int(hist_steps[row])})")
+                        label=f"{label} (step {int(hist_steps[row]):,})")
         ax_hist.legend(fontsize=8)
     ax_hist.set_xlabel("confusion δ")
     ax_hist.set_ylabel("share of steps")
@@ -108,6 +122,7 @@ def per_cluster_figure(panels: Mapping[str, Mapping[int, tuple[np.ndarray, np.nd
         for i, (x, y) in per_cluster.items():
             ax.plot(x, y, color=CLUSTER_COLORS(i % 10), label=f"cluster {i}")
         ax.set_xlabel("environment steps")
+        steps_axis(ax)
         ax.set_ylabel(name)
         ax.grid(alpha=0.3)
         if per_cluster:
@@ -232,6 +247,7 @@ def method_curves(panels: Mapping[str, Mapping[str, tuple[np.ndarray, np.ndarray
             ax.plot(x, mean, color=color, label=f"{method} (n={n})")
             ax.fill_between(x, low, high, color=color, alpha=0.2)
         ax.set_xlabel("environment steps")
+        steps_axis(ax)
         ax.set_ylabel(panel)
         ax.grid(alpha=0.3)
         if methods:

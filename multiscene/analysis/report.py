@@ -163,21 +163,37 @@ def value_error_section(run: RunData, out: Path) -> tuple[Section, dict[str, Any
         result = stats.value_error(run.steps[split])
         if result is None:
             summary[split] = None
-            section.text.append(f"{split}: no complete episode recorded.")
+            section.text.append(f"{split}: no step to compare: no complete episode recorded, or every recorded step "
+                                "lies in the last steps of an episode cut by a time limit.")
             continue
         s = result.summary()
         summary[split] = s
         drawn[split] = (result.predicted, result.realized, s["per_level"])
         o = s["overall"]
         rows.append([split, o["mean_abs_error"], o["rmse"], o["bias"], o["mean_realized"], o["steps"],
-                     len(s["per_level"])])
+                     len(s["per_level"]), *((s["truncated_episodes"], s["truncated_steps_left_out"])
+                                            if s["truncation"] != "unrecorded" else ("not recorded", "—"))])
+        if s["truncation"] == "excluded":
+            section.text.append(
+                f"{split}: {s['truncated_episodes']} episode(s) were cut by a time limit; their last "
+                f"{s['truncated_steps_left_out']} step(s), where the unseen rest of the return weighs more than "
+                f"γ^k > {stats.TRUNCATION_TAIL_TOLERANCE:g}, are left out of the error (issue 16).")
+        elif s["truncation"] == "bootstrapped":
+            section.text.append(
+                f"{split}: {s['truncated_episodes']} episode(s) were cut by a time limit; their realized return "
+                "is bootstrapped with the value of the final observation (issue 16).")
     if rows:
-        section.tables.append((["split", "mean |error|", "RMSE", "bias", "mean realized", "steps", "levels"], rows))
+        section.tables.append((["split", "mean |error|", "RMSE", "bias", "mean realized", "steps", "levels",
+                                "time-limit cuts", "steps left out"], rows))
     if drawn:
         steps = next(iter(run.steps.values()))
         section.text.append(f"Realized return-to-go uses γ = {float(steps['gamma']):g} and raw rewards; V is "
                             f"multiplied by reward_scale = {float(steps['reward_scale']):.4g} (the critic learns "
                             "normalized rewards). Head 0 (the env-reward value) is compared for every critic.")
+        if any(summary[split]["truncation"] == "unrecorded" for split in drawn):
+            section.text.append("The evaluation steps record no time-limit flag (a run from before issue 16): every "
+                                "episode end counts as a termination, so the last steps of an episode cut by a time "
+                                "limit are compared with a return that misses its tail.")
         figures.value_error_figure(drawn, out / "value_error.png", run.label)
         section.figures.append("value_error.png")
     elif not summary:

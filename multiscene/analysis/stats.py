@@ -32,6 +32,17 @@ PROCGEN_EASY_RANGES: dict[str, tuple[float, float]] = {
 NORMALIZATION_SET = "procgen-easy (Cobbe et al. 2020, SPEC §9)"
 
 
+def compact_steps(value: float, _position: object = None) -> str:
+    """A step count as a short label: 0, 500, 1.5k, 50k, 1M, 1.25M, 2B (issue 16: plain numbers such as 100000
+    run together on the report's narrow panels). Up to three significant digits, trailing zeros dropped; the
+    second argument lets matplotlib's FuncFormatter call it as a tick formatter."""
+    value = float(f"{float(value):.3g}")  # round first, so 999_999 is "1M", not "1e+03k"
+    for factor, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= factor:
+            return f"{value / factor:.3g}{suffix}"
+    return f"{value:.3g}"
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Episodes inside a steps file
 
@@ -102,6 +113,10 @@ def episode_table(steps: Mapping[str, np.ndarray]) -> EpisodeTable:
 # ----------------------------------------------------------------------------------------------------------
 # Value-prediction error (SPEC §7): |V(s, M) * reward_scale - realized discounted return-to-go|
 
+TRUNCATION_TAIL_TOLERANCE = 0.05
+"""A step of an episode cut by a time limit is compared only where the unseen tail of its return weighs at most
+this much: gamma ** (steps to the cut) <= 0.05, so the realized return misses at most 5% of V(final obs)."""
+
 
 @dataclass(frozen=True)
 class ValueErrorResult:
@@ -109,6 +124,9 @@ class ValueErrorResult:
     realized: np.ndarray  # [N] discounted return-to-go of raw rewards
     level_seed: np.ndarray  # [N]
     incomplete_episodes: int
+    truncated_episodes: int = 0  # episodes the env cut at a time limit (issue 16)
+    truncated_steps_left_out: int = 0  # their last steps, whose realized return misses a tail
+    truncation: str = "unrecorded"  # "unrecorded" (no flag in the file), "none", "excluded" or "bootstrapped"
 
     @property
     def abs_error(self) -> np.ndarray:
@@ -120,7 +138,10 @@ class ValueErrorResult:
                 "per_level": {str(level): _error_stats(self.predicted[self.level_seed == level],
                                                        self.realized[self.level_seed == level])
                               for level in sorted(set(self.level_seed.tolist()))},
-                "incomplete_episodes_left_out": self.incomplete_episodes}
+                "incomplete_episodes_left_out": self.incomplete_episodes,
+                "truncated_episodes": self.truncated_episodes,
+                "truncated_steps_left_out": self.truncated_steps_left_out,
+                "truncation": self.truncation}
 
 
 def _error_stats(predicted: np.ndarray, realized: np.ndarray) -> dict[str, float | int]:
@@ -130,13 +151,21 @@ def _error_stats(predicted: np.ndarray, realized: np.ndarray) -> dict[str, float
 
 
 def value_error(steps: Mapping[str, np.ndarray], gamma: float | None = None,
-                reward_scale: float | None = None, head: int = 0) -> ValueErrorResult | None:
+                reward_scale: float | None = None, head: int = 0,
+                tail_tolerance: float = TRUNCATION_TAIL_TOLERANCE) -> ValueErrorResult | None:
     """Predicted value (head ``head``, de-normalized by ``reward_scale``) against the realized discounted
     return-to-go of each complete evaluation episode. gamma and reward_scale default to the npz's scalars.
 
-    Returns None when no episode is complete. The critic learns on rewards divided by the running return std
+    Returns None when no step can be compared. The critic learns on rewards divided by the running return std
     (SPEC §2), so V * reward_scale is in raw reward units; the first head is the env-reward value for every
     critic (the multi-critic's second head predicts another reward and is not compared here).
+
+    Time limits (issue 16). An episode whose last row has ``truncated`` True was cut by a time limit, not
+    ended by the MDP: its realized return-to-go at step t misses gamma ** (L - t) * V(final observation),
+    L = its length. Where the steps file holds ``final_value`` (that value, normalized like ``value``, on the
+    cut row) the realized return is bootstrapped with it ("bootstrapped"); otherwise the episode's last steps,
+    those with gamma ** (L - t) > ``tail_tolerance``, are left out of the error ("excluded"). Files written
+    before the column existed have no ``truncated``: every episode end counts as a termination, as before.
     """
     gamma = float(steps["gamma"]) if gamma is None else gamma
     reward_scale = float(steps["reward_scale"]) if reward_scale is None else reward_scale
@@ -145,19 +174,40 @@ def value_error(steps: Mapping[str, np.ndarray], gamma: float | None = None,
         value = value[:, head]
     rewards = np.asarray(steps["reward"], dtype=np.float64)
     done = np.asarray(steps["done"])
+    truncated = np.asarray(steps["truncated"], dtype=bool) if "truncated" in steps else np.zeros(len(done), bool)
+    final_value = None
+    if "final_value" in steps:
+        final_value = np.asarray(steps["final_value"], dtype=np.float64)
+        if final_value.ndim == 2:
+            final_value = final_value[:, head]
     levels = np.asarray(steps["level_seed"])
     predicted, realized, level_out = [], [], []
-    incomplete = 0
+    incomplete = truncated_episodes = left_out = 0
     for rows in episode_slices(steps["episode"]).values():
-        if not bool(done[rows[-1]]):
+        last = rows[-1]
+        if not bool(done[last]):
             incomplete += 1  # return-to-go of a cut episode is unknown
             continue
-        predicted.append(value[rows] * reward_scale)
-        realized.append(discounted_return_to_go(rewards[rows], gamma))
-        level_out.append(levels[rows])
-    if not predicted:
+        returns = discounted_return_to_go(rewards[rows], gamma)
+        keep = np.ones(len(rows), dtype=bool)
+        if bool(truncated[last]):
+            truncated_episodes += 1
+            tail_weight = gamma ** np.arange(len(rows), 0, -1, dtype=np.float64)  # gamma ** (L - t)
+            if final_value is not None and np.isfinite(final_value[last]):
+                returns = returns + tail_weight * final_value[last] * reward_scale
+            else:
+                keep = tail_weight <= tail_tolerance
+                left_out += int((~keep).sum())
+        predicted.append(value[rows][keep] * reward_scale)
+        realized.append(returns[keep])
+        level_out.append(levels[rows][keep])
+    if not predicted or not sum(len(p) for p in predicted):
         return None
-    return ValueErrorResult(np.concatenate(predicted), np.concatenate(realized), np.concatenate(level_out), incomplete)
+    mode = "none" if "truncated" in steps else "unrecorded"
+    if truncated_episodes:
+        mode = "bootstrapped" if final_value is not None and left_out == 0 else "excluded"
+    return ValueErrorResult(np.concatenate(predicted), np.concatenate(realized), np.concatenate(level_out),
+                            incomplete, truncated_episodes, left_out, mode)
 
 
 # ----------------------------------------------------------------------------------------------------------
