@@ -17,6 +17,7 @@ commands:
   eval       evaluate a run's checkpoint again (multiscene eval RUN_DIR [--episodes N] [--video])
   report     write RUN_DIR/report/ (multiscene report RUN_DIR)
   compare    compare runs (multiscene compare RUN_DIR... --out DIR)
+  runs       run directories and their status (multiscene runs [DIR])
   bench      benchmarks (multiscene bench throughput --preset P | multiscene bench learning)
 """
 
@@ -131,7 +132,13 @@ def cmd_bench(argv: Sequence[str]) -> int:
     return bench_main(list(argv))
 
 
-COMMANDS = {"train": cmd_train, "eval": cmd_eval, "report": cmd_report, "compare": cmd_compare, "bench": cmd_bench}
+def cmd_runs(argv: Sequence[str]) -> int:
+    from multiscene.analysis.runs import main as runs_main
+
+    return runs_main(list(argv))
+
+
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "report": cmd_report, "compare": cmd_compare, "runs": cmd_runs, "bench": cmd_bench}
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -140,6 +147,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] in ("-h", "--help"):
         print(USAGE)
+        sys.exit(0)
+    if args[0] in ("--version", "-V"):
+        import multiscene
+
+        print(f"multiscene {multiscene.__version__}")
         sys.exit(0)
     command, rest = args[0], args[1:]
     if command not in COMMANDS:

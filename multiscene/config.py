@@ -179,6 +179,13 @@ class CommonConfig:
     """Progress display: rich bar on a terminal, plain log lines otherwise."""
     tensorboard: bool = True
     """Write TensorBoard event files."""
+    track: bool = False
+    """Log every metrics record also to Weights & Biases (CleanRL's --track); metrics.jsonl stays the source of
+    truth; WANDB_MODE=offline logs without network."""
+    wandb_project_name: str = "multiscene"
+    """W&B project (CleanRL's --wandb-project-name)."""
+    wandb_entity: str | None = None
+    """W&B team or user (CleanRL's --wandb-entity); None: your default entity."""
 
     # Derived numbers (never written back into the config)
     @property
@@ -317,6 +324,10 @@ def validate(cfg: TrainConfig) -> None:
                  "max_nonfinite_updates", "hidden_size"):
         if getattr(cfg, name) <= 0:
             raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {getattr(cfg, name)}.")
+    if cfg.track:
+        from multiscene.logger import require_wandb
+
+        require_wandb()
     if cfg.learning_rate <= 0:
         raise ConfigError(f"--learning-rate must be positive, got {cfg.learning_rate}.")
     if not 0.0 < cfg.gamma <= 1.0 or not 0.0 <= cfg.gae_lambda <= 1.0:

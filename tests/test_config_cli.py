@@ -105,3 +105,15 @@ def test_resume_keeps_the_runs_own_budget_unless_given(tmp_path):
     assert cfg.total_timesteps == 25_000_000
     cfg = parse_train_args(["--run-dir", str(run), "--resume", "--total-timesteps", "30000000"])
     assert cfg.total_timesteps == 30_000_000
+
+
+def test_version_and_runs_commands(tmp_path, capsys):
+    import multiscene
+    from multiscene.cli import main
+
+    with pytest.raises(SystemExit) as stop:
+        main(["--version"])
+    assert stop.value.code == 0 and capsys.readouterr().out.strip() == f"multiscene {multiscene.__version__}"
+    with pytest.raises(SystemExit) as stop:
+        main(["runs", str(tmp_path / "nothing-here")])
+    assert stop.value.code != 0

@@ -117,7 +117,9 @@ def train(cfg: TrainConfig, algo: OnPolicyAlgorithm) -> Path:
         else:
             progress.message("--resume: no good checkpoint found; starting from update 0")
         truncate_metrics(run_dir / METRICS_FILE, update)
-    logger = MetricsLogger(run_dir, tensorboard=cfg.tensorboard, purge_step=global_step if resume else None)
+    tracking = tracking_args(cfg, run_dir)
+    logger = MetricsLogger(run_dir, tensorboard=cfg.tensorboard, purge_step=global_step if resume else None,
+                           **tracking)
 
     def checkpoint(with_envs: bool = True) -> None:
         state = {
@@ -230,10 +232,16 @@ def train(cfg: TrainConfig, algo: OnPolicyAlgorithm) -> Path:
         agent, cfg, device, tag="final", run_dir=run_dir, reward_scale=collector.normalizer.scale,
         global_step=global_step,
     )
-    final_logger = MetricsLogger(run_dir, tensorboard=False)
+    final_logger = MetricsLogger(run_dir, tensorboard=False, **tracking)
     final_logger.log({"update": update, "global_step": global_step, **eval_record(summary)})
     final_logger.close()
     return run_dir
+
+
+def tracking_args(cfg: TrainConfig, run_dir: Path) -> dict[str, Any]:
+    """MetricsLogger's Weights & Biases arguments (``--track``; the saved run id makes a resume continue it)."""
+    return {"track": cfg.track, "wandb_project": cfg.wandb_project_name, "wandb_entity": cfg.wandb_entity,
+            "config": dataclasses.asdict(cfg), "run_name": run_dir.name}
 
 
 def check_truncation_support(cfg: TrainConfig, envs: Any) -> None:

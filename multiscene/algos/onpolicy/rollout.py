@@ -175,10 +175,10 @@ class RolloutCollector:
                 extra.append(self.reward_transform.step(raw_rewards[t], self.first))
             episodes.extend(step.episodes)
             final_obs = getattr(step, "final_obs", None)
-            if bootstrap and final_obs is not None and step.truncated.any():
+            if bootstrap and final_obs is not None and (step.truncated & ~step.terminated).any():
                 # A time limit is not a terminal state: the return goes on past the cut, so the value of the
                 # episode's last observation (not the reset one) bootstraps it (issue 16; SB3 does the same).
-                cut = torch.as_tensor(step.truncated)
+                cut = torch.as_tensor(step.truncated & ~step.terminated)  # a termination wins
                 last = agent.normalize_obs(torch.as_tensor(final_obs), update=False)
                 with autocast:
                     out_final = agent(
