@@ -124,3 +124,24 @@ def test_a_new_part_is_one_module_plus_one_registration_line(monkeypatch):
     cfg = tyro.cli(config_type, args=["--critic", "mine", "--mine.scale", "2.5"], default=config_type())
     assert cfg.critic == "mine" and cfg.mine.scale == 2.5
     assert "mine" not in {f.name for f in dataclasses.fields(TrainConfig)}  # the real config is untouched
+
+
+@pytest.mark.parametrize(("algo", "env_head"), [("ppo", "sparse-dve"), ("a2c", "dve")])
+def test_multi_critic_with_a_dve_env_head_trains_end_to_end(tmp_path, algo, env_head):
+    """Issue 11's composition: the DVE mixture on A2MC's env-reward head (MC-PPO / A2MC), L_CC included."""
+    cfg = tiny_config(str(tmp_path / "run"), algo=algo, critic="multi", final_eval=False,
+                      multi={"env_head": env_head})
+    records = [r for r in read_metrics(train(cfg) / "metrics.jsonl") if "losses/policy_loss" in r]
+    assert len(records) == 3
+    assert all("losses/explained_variance/vwr" in r and "losses/explained_variance/env" in r for r in records)
+    assert all("dve/confusion_mean" in r for r in records)
+    assert all(("losses/cc_confusion" in r) == (env_head == "sparse-dve") for r in records)
+
+
+def test_hotwire_fires_in_the_initial_stage_only(tmp_path):
+    cfg = tiny_config(str(tmp_path / "run"), algo="a2c", critic="scalar", final_eval=False, hotwire=True,
+                      total_timesteps=4 * 16 * 6, hotwire_cfg={"fraction": 0.5, "epsilon": 1.0})
+    records = [r for r in read_metrics(train(cfg) / "metrics.jsonl") if "losses/policy_loss" in r]
+    fired = [r["hotwire/envs_hotwired"] for r in records]
+    assert len(fired) == 6 and fired[3:] == [0, 0, 0]
+    assert sum(fired[:3]) > 0
