@@ -128,6 +128,7 @@ class FakeAtari(gymnasium.Env):  # type: ignore[type-arg]
         self.action_space = spaces.Discrete(4)
         self.ale = FakeAle(self)
         self.frame = 0
+        self.played: list[int] = []
 
     @staticmethod
     def frame_reward(frame: int) -> float:
@@ -145,10 +146,12 @@ class FakeAtari(gymnasium.Env):  # type: ignore[type-arg]
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[Any, dict]:
         super().reset(seed=seed)
         self.frame = 0
+        self.played.append(-1)  # marks a reset in the log of actions played
         return np.zeros((210, 160, 3), np.uint8), {}
 
     def step(self, action: Any) -> tuple[Any, float, bool, bool, dict]:
         self.frame += 1
+        self.played.append(int(action))
         terminated = self.frame >= self.GAME_FRAMES
         return np.zeros((210, 160, 3), np.uint8), self.frame_reward(self.frame), terminated, False, {}
 
@@ -218,6 +221,33 @@ def test_atari_evaluation_plays_whole_games_with_raw_rewards(fake_atari: str) ->
         # 4-frame skip, max over the last two frames (screen value = frame number), 84x84, stack of 4.
         assert (obs[..., -1] == max((frame - 1) % 251, frame % 251)).all()
         np.testing.assert_array_equal(obs[..., :-1], previous[..., 1:])
+
+
+def test_atari_sticky_actions_repeat_the_previous_frame_with_probability_a_quarter(fake_atari: str) -> None:
+    sticky_id = "multiscene-test/FakeAtariSticky-v0"
+    if sticky_id not in gymnasium.registry:
+        gymnasium.register(sticky_id, entry_point=FakeAtari, kwargs={"repeat_action_probability": 0.25})
+    env = GymnasiumVecEnv(gym_spec(sticky_id, num_envs=1, seed=0, training=False))
+    env.reset()
+    # RIGHT, LEFT, ...: every new action differs from the last; 80 steps stay inside one 400-frame game.
+    requested = [2 + t % 2 for t in range(80)]
+    for action in requested:
+        env.step(np.array([action]))
+    fake: Any = env._vec.envs[0].unwrapped
+    played = fake.played[fake.played.index(-1) + 1 :]
+    noops = played.index(1)  # the no-op starts end where FIRE (reset) begins
+    assert set(played[:noops]) == {0} and set(played[noops : noops + 8]) <= {0, 1, 2}
+    agent = played[noops + 8 : noops + 8 + 4 * len(requested)]
+    repeats = 0
+    for k, action in enumerate(agent):
+        wanted, previous = requested[k // 4], agent[k - 1] if k else played[noops + 7]
+        # ALE's rule: each frame plays the new action, or (sticky) the previous frame's action again.
+        assert action in (wanted, previous)
+        repeats += action == previous != wanted
+    # Only frames whose new action differs from the last played one can show a repeat.
+    switches = sum(requested[k // 4] != (agent[k - 1] if k else played[noops + 7]) for k in range(len(agent)))
+    assert switches >= 80 and abs(repeats / switches - 0.25) < 0.12
+    env.close()
 
 
 @pytest.mark.parametrize("env_id, sticky", [("BoxingNoFrameskip-v4", 0.0), ("ALE/Boxing-v5", 0.25)])
@@ -376,6 +406,44 @@ def test_state_restores_bit_identically_into_a_fresh_env(env_id: str, kwargs: di
         assert any(step.truncated.any() for step in reference), "restore must be checked across a truncation"
     env.close()
     resumed.close()
+
+
+class NativeCounter(gymnasium.Env, gymnasium.utils.EzPickle):  # type: ignore[type-arg]
+    """Stands for a native-simulator env (Box2D-like) that pickles by re-creating itself (EzPickle)."""
+
+    def __init__(self) -> None:
+        gymnasium.utils.EzPickle.__init__(self)
+        self.observation_space = spaces.Box(-np.inf, np.inf, (1,), dtype=np.float64)
+        self.action_space = spaces.Discrete(2)
+        self.count = 0
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[Any, dict]:
+        super().reset(seed=seed)
+        self.count = 0
+        return np.zeros(1), {}
+
+    def step(self, action: Any) -> tuple[Any, float, bool, bool, dict]:
+        self.count += 1
+        return np.array([float(self.count)]), 1.0, False, False, {}
+
+
+def test_env_whose_state_cannot_be_copied_restarts_its_episodes_on_restore() -> None:
+    env_id = "multiscene-test/NativeCounter-v0"
+    if env_id not in gymnasium.registry:
+        gymnasium.register(env_id, entry_point=NativeCounter)
+    env = make_env(gym_spec(env_id))
+    assert env.family == "generic" and not env.restores_exactly
+    env.reset()
+    for _ in range(5):
+        step = env.step(np.zeros(2, np.int64))
+    np.testing.assert_array_equal(step.obs[:, 0], [5.0, 5.0])
+    state = pickle.loads(pickle.dumps(env.get_state()))
+    resumed = make_env(gym_spec(env_id, seed=9))
+    resumed.set_state(state)
+    # Documented behaviour: every env starts a new episode (the counter is not restored), seeds are the run's.
+    after = resumed.step(np.zeros(2, np.int64))
+    np.testing.assert_array_equal(after.obs[:, 0], [1.0, 1.0])
+    np.testing.assert_array_equal(after.level_seed, [0, 1])
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -565,33 +565,37 @@ class GymnasiumVecEnv:
         raw_reward = np.asarray(reward, dtype=np.float64)
         # A terminal state reached on the last allowed step is a termination: nothing to bootstrap.
         terminated = np.asarray(env_terminated, dtype=bool)
-        truncated = np.asarray(env_truncated, dtype=bool) & ~terminated
+        truncated = np.asarray(env_truncated, dtype=bool)
         first = terminated | truncated
-
+        ended = np.flatnonzero(first).tolist()  # the common case, no episode end, stays cheap below
         final_obs: np.ndarray | None = None
-        if truncated.any():
-            final_obs = obs.copy()
-            for index in np.flatnonzero(truncated).tolist():
-                final_obs[index] = np.asarray(info["final_obs"][index], dtype=self.obs_dtype)
+        if ended:
+            truncated &= ~terminated
+            if truncated.any():
+                final_obs = obs.copy()
+                for index in np.flatnonzero(truncated).tolist():
+                    final_obs[index] = np.asarray(info["final_obs"][index], dtype=self.obs_dtype)
 
+        episodes: list[EpisodeStats] = []
         if self.family == "atari":
-            episodes = self._atari_games(info)
+            if ended or "games" in info:
+                episodes = self._atari_games(info)
         else:
             self._episode_return += raw_reward
             self._episode_length += 1
-            episodes = [
-                EpisodeStats(
-                    env_index=index,
-                    episode_return=float(self._episode_return[index]),
-                    length=int(self._episode_length[index]),
-                    level_seed=int(self._env_seeds[index]),
-                    success=None,
-                    truncated=bool(truncated[index]),
+            for index in ended:
+                episodes.append(
+                    EpisodeStats(
+                        env_index=index,
+                        episode_return=float(self._episode_return[index]),
+                        length=int(self._episode_length[index]),
+                        level_seed=int(self._env_seeds[index]),
+                        success=None,
+                        truncated=bool(truncated[index]),
+                    )
                 )
-                for index in np.flatnonzero(first).tolist()
-            ]
-            self._episode_return[first] = 0.0
-            self._episode_length[first] = 0
+                self._episode_return[index] = 0.0
+                self._episode_length[index] = 0
 
         if self.family == "atari" and self.training:
             # DQN's reward clipping (Mnih et al. 2015, Methods): sign of the reward, for training only.
