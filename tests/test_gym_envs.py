@@ -334,6 +334,13 @@ def test_mujoco_continuous_actions_clipping_and_truncation_with_final_obs() -> N
         else:
             assert step.final_obs is None and not step.first.any()
             np.testing.assert_array_equal(step.obs[1], obs.astype(np.float32))
+    # Videos: RGB frames where a GL backend works (EGL here), else a clear EnvError and supports_render False.
+    try:
+        frames = env.render()
+    except gym_envs.EnvError as error:
+        assert "MUJOCO_GL" in str(error) and not env.supports_render
+    else:
+        assert frames.shape[0] == 2 and frames.shape[-1] == 3 and frames.dtype == np.uint8 and frames.any()
     env.close()
 
 

@@ -103,6 +103,13 @@ def env_family(env_id: str) -> Family:
     return "generic"
 
 
+def _default_mujoco_gl() -> None:
+    """MuJoCo renders through GLFW by default, which needs a display; headless, choose EGL (it works on the
+    dev machine) unless the user set ``MUJOCO_GL``. Must run before MuJoCo's renderer is first imported."""
+    if "MUJOCO_GL" not in os.environ and not os.environ.get("DISPLAY"):
+        os.environ["MUJOCO_GL"] = "egl"
+
+
 def check_gymnasium_id(env_id: str) -> None:
     """Raise ConfigError naming ``--env`` unless ``env_id`` is a registered Gymnasium id whose backend loads.
 
@@ -134,6 +141,7 @@ def check_gymnasium_id(env_id: str) -> None:
                 "(ale_py.roms.get_all_rom_ids())."
             )
     elif family == "mujoco":
+        _default_mujoco_gl()
         try:
             import mujoco  # noqa: F401
         except Exception as exc:  # an ImportError, or an OSError from a broken shared library
@@ -453,9 +461,6 @@ class GymnasiumVecEnv:
         self.num_envs = spec.num_envs
         self.family: Family = env_family(spec.env_id)
         self.training = spec.training
-        if self.family == "mujoco" and "MUJOCO_GL" not in os.environ and not os.environ.get("DISPLAY"):
-            # MuJoCo defaults to GLFW, which needs a display; EGL renders headless (checked on the dev box).
-            os.environ["MUJOCO_GL"] = "egl"
         self._render_mode = self._pick_render_mode()
         try:
             self._vec = SyncVectorEnv(
