@@ -387,7 +387,6 @@ def test_seeds_are_reproducible_and_env_i_uses_seed_plus_i() -> None:
     [
         ("HalfCheetah-v5", {"max_episode_steps": 15}, lambda rng: rng.uniform(-1, 1, (2, 6))),
         ("ALE/Boxing-v5", {}, lambda rng: rng.integers(0, 18, 2)),
-        ("BoxingNoFrameskip-v4", {}, lambda rng: rng.integers(0, 18, 2)),
         ("CartPole-v1", {}, lambda rng: rng.integers(0, 2, 2)),
     ],
 )
@@ -446,7 +445,7 @@ def test_env_whose_state_cannot_be_copied_restarts_its_episodes_on_restore() -> 
     np.testing.assert_array_equal(step.obs[:, 0], [5.0, 5.0])
     state = pickle.loads(pickle.dumps(env.get_state()))
     resumed = make_env(gym_spec(env_id, seed=9))
-    resumed.set_state(state)
+    resumed.set_state(state)  # before any reset: set_state must cope
     # Documented behaviour: every env starts a new episode (the counter is not restored), seeds are the run's.
     after = resumed.step(np.zeros(2, np.int64))
     np.testing.assert_array_equal(after.obs[:, 0], [1.0, 1.0])

@@ -28,7 +28,8 @@ the last 4 frames as channels (obs (84, 84, 4) uint8). ``-v5`` ids are built wit
 skip is ours, as for ``NoFrameskip-v4``) and keep their registered sticky actions
 (``repeat_action_probability=0.25``, Machado et al. 2018), the point of the v5 ids, applied per frame by our
 ``AtariFrames`` with ALE's rule (ALE's own are switched off so that ``--resume`` is exact); ``NoFrameskip-v4``
-ids have none. For training (``spec.training``) a lost life ends the training episode (``terminated``,
+ids have none. Every ALE id gets our frame skip of 4 (the registered ``frameskip`` of ``-v0``/``-v4`` ids without
+``NoFrameskip`` is replaced) and its registered sticky-action probability. For training (``spec.training``) a lost life ends the training episode (``terminated``,
 ``first=True``) while the game plays on, and rewards are clipped to their sign; evaluation sets play whole
 games with raw rewards. ``EpisodeStats`` always report the RAW score and the agent steps of WHOLE games (all
 lives), whether or not episodic life is on, so ``charts/episodic_return`` and evaluation read game scores.
@@ -124,6 +125,11 @@ def check_gymnasium_id(env_id: str) -> None:
         raise ConfigError(f"--env {env_id!r} is not a registered Gymnasium id.{hint}")
     family = env_family(env_id)
     if family == "atari":
+        if gymnasium.spec(env_id).kwargs.get("obs_type", "rgb") == "ram":
+            raise ConfigError(
+                f"--env {env_id!r}: Atari RAM observations are not supported (the Atari preprocessing works on "
+                "the screen); use the pixel id, e.g. BoxingNoFrameskip-v4 or ALE/Boxing-v5."
+            )
         game = gymnasium.spec(env_id).kwargs.get("game")
         try:
             from ale_py import roms
@@ -474,13 +480,16 @@ class GymnasiumVecEnv:
             raise ConfigError(
                 f"--env {self.env_id!r} could not be built: {type(exc).__name__}: {exc}"
             ) from exc
-        self.obs_shape, self.obs_dtype = _obs_layout(self._vec.single_observation_space, self.env_id)
-        self.action_spec = _action_spec(self._vec.single_action_space, self.env_id)
+        try:
+            self.obs_shape, self.obs_dtype = _obs_layout(self._vec.single_observation_space, self.env_id)
+            self.action_spec = _action_spec(self._vec.single_action_space, self.env_id)
+        except ConfigError:
+            self._vec.close()
+            raise
         self.num_actions = self.action_spec.n
         self._discrete_start = int(getattr(self._vec.single_action_space, "start", 0))
         self.restores_exactly = self.family in ("atari", "mujoco") or _copyable(self._vec.envs[0])
         self.supports_render = self._render_mode is not None
-        self._render_checked = False
         self._env_seeds = np.arange(self.num_envs, dtype=np.int64) + spec.seed
         self._started = False
         self._seeded = False
@@ -674,6 +683,9 @@ class GymnasiumVecEnv:
         check_state_matches(state, self.env_id, self.num_envs)
         if state["training"] != self.training:
             raise ValueError("state was taken from a training env set into an evaluation one, or back")
+        if not self._seeded:
+            # Gymnasium refuses a step before the first reset (OrderEnforcing); the restore overwrites it.
+            self._vec.reset(seed=self._env_seeds.tolist())
         self._seeded = state["seeded"]
         # The run's seeds, not this env set's (a resumed run may be built with another seed before restoring).
         self._env_seeds = np.array(state["env_seeds"], dtype=np.int64)
