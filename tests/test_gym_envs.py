@@ -16,7 +16,7 @@ from gymnasium import spaces
 
 import multiscene.envs.gymnasium as gym_envs
 from multiscene.config import ConfigError
-from multiscene.envs import check_env_id, env_family, make_env
+from multiscene.envs import check_env_id, env_family, knows_truncation, make_env
 from multiscene.envs.base import ActionSpec, EnvSpec, EnvStep, LevelSet, check_actions
 from multiscene.envs.gymnasium import GymnasiumVecEnv, area_resize_weights
 from multiscene.models.encoders import ENCODERS, MLPEncoder, NatureCNN, encoder_name, make_encoder
@@ -454,6 +454,20 @@ def test_env_whose_state_cannot_be_copied_restarts_its_episodes_on_restore() -> 
 
 # ----------------------------------------------------------------------------------------------------------
 # Bad input
+
+
+def test_env_families_and_truncation_knowledge_by_name() -> None:
+    assert [env_family(e) for e in ("coinrun,starpilot", "MiniGrid-DoorKey-5x5-v0", "HalfCheetah-v5")] == [
+        "procgen",
+        "minigrid",
+        "gymnasium",
+    ]
+    # The by-name answer must agree with the built env sets' own attribute.
+    for env_id in ("coinrun", "MiniGrid-DoorKey-5x5-v0", "CartPole-v1"):
+        spec = EnvSpec(env_id, 1, 0, LevelSet(0, 5))
+        env = make_env(spec)
+        assert knows_truncation(env_id) == env.truncation_known
+        env.close()
 
 
 def test_bad_ids_and_spaces_raise_config_error_naming_env(monkeypatch: pytest.MonkeyPatch) -> None:

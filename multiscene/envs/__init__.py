@@ -75,6 +75,7 @@ __all__ = [
     "check_env_spec",
     "env_family",
     "is_procgen",
+    "knows_truncation",
     "make_env",
     "minigrid_ids",
     "procgen_games",
@@ -109,6 +110,13 @@ def env_family(env_id: str) -> EnvFamily:
     if env_id.startswith("MiniGrid-"):
         return "minigrid"
     return "gymnasium"
+
+
+def knows_truncation(env_id: str) -> bool:
+    """Whether the env set of ``env_id`` reports time-limit truncations apart from terminations (its
+    ``truncation_known``), by name: False for Procgen (gym3 has one ``first`` flag), True otherwise. For the
+    config's check of ``--bootstrap-truncation`` (issue #16, "Bad input"), without building an env."""
+    return env_family(env_id) != "procgen"
 
 
 def check_env_id(env_id: str) -> None:
