@@ -15,6 +15,7 @@ Conventions (gym3's, see STYLE.md):
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -208,13 +209,13 @@ def check_actions(
         if spec is not None and actions.size and (actions.min() < 0 or actions.max() >= spec.n):
             raise ValueError(f"actions must lie in [0, {spec.n}), got {actions.min()}..{actions.max()}")
         return actions
-    if actions.shape != (num_envs, spec.n) or not np.issubdtype(actions.dtype, np.floating):
+    if actions.shape != (num_envs, spec.n) or actions.dtype.kind != "f":
         raise ValueError(
             f"actions must be floats of shape ({num_envs}, {spec.n}), got {actions.dtype} {actions.shape}"
         )
     # One reduction instead of isfinite(...).all(): NaN and inf propagate into the sum (so may a huge finite
     # value, which is as wrong for an action).
-    if not np.isfinite(actions.sum()):
+    if not math.isfinite(actions.sum()):
         raise ValueError("actions must be finite (got NaN or inf): the policy has diverged")
     # The env clips, the agent keeps its unclipped sample (CleanRL ppo_continuous_action's ClipAction).
     # minimum/maximum rather than np.clip, whose Python-level wrapper costs more than the work at this size.

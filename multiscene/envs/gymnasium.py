@@ -581,7 +581,8 @@ class GymnasiumVecEnv:
         terminated = np.asarray(env_terminated, dtype=bool)
         truncated = np.asarray(env_truncated, dtype=bool)
         first = terminated | truncated
-        ended = np.flatnonzero(first).tolist()  # the common case, no episode end, stays cheap below
+        # The common case, no episode end, stays cheap below.
+        ended = np.flatnonzero(first).tolist() if first.any() else []
         final_obs: np.ndarray | None = None
         if ended:
             truncated &= ~terminated
