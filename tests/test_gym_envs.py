@@ -478,6 +478,14 @@ def test_bad_ids_and_spaces_raise_config_error_naming_env(monkeypatch: pytest.Mo
     for env_id in ("Blackjack-v1", "FrozenLake-v1"):
         with pytest.raises(ConfigError, match="--env.*not supported"):
             make_env(gym_spec(env_id))
+    # RAM observations of an ALE game (registered by a user; ale-py registers none).
+    ram_id = "multiscene-test/BoxingRam-v0"
+    if ram_id not in gymnasium.registry:
+        gymnasium.register(
+            ram_id, entry_point="ale_py.env:AtariEnv", kwargs={"game": "boxing", "obs_type": "ram"}
+        )
+    with pytest.raises(ConfigError, match="--env.*RAM"):
+        check_env_id(ram_id)
     # A missing Atari ROM.
     from ale_py import roms
 

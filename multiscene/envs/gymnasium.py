@@ -9,9 +9,9 @@ Vectorization: ``gymnasium.vector.SyncVectorEnv`` in ``AutoresetMode.SAME_STEP``
 sub-env is reset inside the same ``step`` and Gymnasium hands the last observation over in
 ``info["final_obs"]``; that is our convention (``obs`` = first of the next episode, ``first`` = True), and
 it gives ``EnvStep.final_obs`` for truncations (issue #16). Gymnasium 1.x's default NEXT_STEP mode would
-instead spend one extra ``step`` call on the reset. Sync rather than Async: on the 2-core dev machine Async was not faster
-for HalfCheetah-v5 at 8 envs (numbers in the module's report / README), and Sync lets ``get_state`` reach
-the sub-envs directly.
+instead spend one extra ``step`` call on the reset. Sync rather than Async: on the 2-core dev machine
+AsyncVectorEnv was 1.4x to 2.4x slower than SyncVectorEnv for HalfCheetah-v5 at 8 envs (three measurements,
+README), and Sync lets ``get_state`` reach the sub-envs directly.
 
 Seeds and levels: Gymnasium envs have no level sets. Env ``i`` is seeded with ``spec.seed + i`` at its first
 ``reset``; later episodes continue that env's own random streams (Gymnasium's convention), so a run is
@@ -20,19 +20,25 @@ only). Train and test env sets differ only by seed (the trainer derives disjoint
 two splits); ``spec.levels`` is ignored.
 
 Atari (ale-py ids, ``BoxingNoFrameskip-v4`` and ``ALE/Boxing-v5``): the DQN / openai-baselines preprocessing
-(Mnih et al. 2015; baselines ``atari_wrappers.wrap_deepmind``): up to 30 no-op starts, the action repeated 4
-frames with a max over the last two, 84x84 grayscale (area interpolation as ``cv2.INTER_AREA``, in numpy: gray
-levels may differ by one from OpenCV's fixed-point rounding; Gymnasium's ``AtariPreprocessing`` would need
-opencv-python), FIRE pressed on reset where the game needs it, a stack of
-the last 4 frames as channels (obs (84, 84, 4) uint8). ``-v5`` ids are built with ``frameskip=1`` (the 4-frame
-skip is ours, as for ``NoFrameskip-v4``) and keep their registered sticky actions
-(``repeat_action_probability=0.25``, Machado et al. 2018), the point of the v5 ids, applied per frame by our
-``AtariFrames`` with ALE's rule (ALE's own are switched off so that ``--resume`` is exact); ``NoFrameskip-v4``
-ids have none. Every ALE id gets our frame skip of 4 (the registered ``frameskip`` of ``-v0``/``-v4`` ids without
-``NoFrameskip`` is replaced) and its registered sticky-action probability. For training (``spec.training``) a lost life ends the training episode (``terminated``,
-``first=True``) while the game plays on, and rewards are clipped to their sign; evaluation sets play whole
-games with raw rewards. ``EpisodeStats`` always report the RAW score and the agent steps of WHOLE games (all
-lives), whether or not episodic life is on, so ``charts/episodic_return`` and evaluation read game scores.
+(Mnih et al. 2015; baselines ``atari_wrappers.wrap_deepmind``):
+
+- 1 to 30 no-op frames at the start of each game;
+- each action repeated for 4 frames, the observation the pixel-wise max of the last two;
+- 84x84 grayscale by area interpolation (what ``cv2.INTER_AREA`` does, here in numpy, so gray levels may
+  differ by one from OpenCV's fixed-point rounding; Gymnasium's ``AtariPreprocessing`` needs opencv-python,
+  which the project does not depend on);
+- FIRE pressed on reset in games whose action 1 is FIRE;
+- the last 4 frames stacked as channels: obs (84, 84, 4) uint8.
+
+Every ALE id is built with ``frameskip=1`` and ALE's sticky actions off; the frame skip of 4 is ours (the
+registered ``frameskip`` of ids without ``NoFrameskip`` is replaced), and the id's registered sticky-action
+probability (``-v5``: 0.25, Machado et al. 2018; ``NoFrameskip-v4``: 0) is applied per frame by
+``AtariFrames`` with ALE's own rule, so that ``--resume`` is exact (ALE's ``cloneState`` does not save the
+previous action that rule repeats). For training (``spec.training``) a lost life ends the training episode
+(``terminated``, ``first=True``) while the game plays on, and rewards are clipped to their sign; evaluation
+sets play whole games with raw rewards. ``EpisodeStats`` always report the RAW score and the agent steps of
+WHOLE games (all lives), with or without episodic life, so ``charts/episodic_return`` and evaluation read game
+scores.
 
 MuJoCo (``HalfCheetah-v5``, ``Hopper-v5``, ...): float32 vector observations as the env gives them (no
 normalization here: the agent normalizes, with its statistics saved in its weights) and raw rewards.
@@ -127,8 +133,8 @@ def check_gymnasium_id(env_id: str) -> None:
     if family == "atari":
         if gymnasium.spec(env_id).kwargs.get("obs_type", "rgb") == "ram":
             raise ConfigError(
-                f"--env {env_id!r}: Atari RAM observations are not supported (the Atari preprocessing works on "
-                "the screen); use the pixel id, e.g. BoxingNoFrameskip-v4 or ALE/Boxing-v5."
+                f"--env {env_id!r}: Atari RAM observations are not supported (the Atari preprocessing works "
+                "on the screen); use the pixel id, e.g. BoxingNoFrameskip-v4 or ALE/Boxing-v5."
             )
         game = gymnasium.spec(env_id).kwargs.get("game")
         try:
