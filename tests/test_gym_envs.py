@@ -446,7 +446,11 @@ def test_env_whose_state_cannot_be_copied_restarts_its_episodes_on_restore() -> 
     state = pickle.loads(pickle.dumps(env.get_state()))
     resumed = make_env(gym_spec(env_id, seed=9))
     resumed.set_state(state)  # before any reset: set_state must cope
-    # Documented behaviour: every env starts a new episode (the counter is not restored), seeds are the run's.
+    # Documented behaviour: the env set waits for a reset; every env then starts a new episode (the counter
+    # is not restored) and reports the run's seeds.
+    with pytest.raises(RuntimeError, match="reset"):
+        resumed.step(np.zeros(2, np.int64))
+    resumed.reset()
     after = resumed.step(np.zeros(2, np.int64))
     np.testing.assert_array_equal(after.obs[:, 0], [1.0, 1.0])
     np.testing.assert_array_equal(after.level_seed, [0, 1])

@@ -49,7 +49,8 @@ previous action, our wrappers' screen buffers, frame stack and counters, and the
 through ``mj_getState(mjSTATE_INTEGRATION)`` plus the env's RNG and step counter. Other envs restore exactly
 when they are plain Python objects (a deep copy of the wrapped env, e.g. CartPole, Pendulum); envs that
 cannot be copied (those built on ``gymnasium.utils.EzPickle``, which re-create themselves from their
-constructor arguments, e.g. Box2D) restart every env on a new episode, and ``restores_exactly`` is False.
+constructor arguments, e.g. Box2D) have ``restores_exactly`` False: ``set_state`` restores the seeds only, and
+the caller ``reset()``s every env onto a new episode.
 """
 
 from __future__ import annotations
@@ -685,8 +686,9 @@ class GymnasiumVecEnv:
         }
 
     def set_state(self, state: Any) -> None:
-        """Restore a ``get_state`` snapshot. Where ``restores_exactly`` is False every env starts a new
-        episode (the caller should then ``reset()`` its rollout carry; see the module docstring)."""
+        """Restore a ``get_state`` snapshot. Where ``restores_exactly`` is False only the seeds are restored and
+        the env set waits for a ``reset()`` (``step`` refuses until then): the caller starts every env on a
+        new episode and must drop its own carried observation."""
         check_state_matches(state, self.env_id, self.num_envs)
         if state["training"] != self.training:
             raise ValueError("state was taken from a training env set into an evaluation one, or back")
@@ -698,7 +700,6 @@ class GymnasiumVecEnv:
         self._env_seeds = np.array(state["env_seeds"], dtype=np.int64)
         if not state["exact"]:
             self._started = False
-            self.reset()
             return
         if self.family == "atari":
             for env, env_state in zip(self._vec.envs, state["envs"], strict=True):
