@@ -54,6 +54,7 @@ def check_contract(env, actions: list[np.ndarray]) -> list[EnvStep]:
     env was truncated (never where the env cannot tell truncation). Returns every step."""
     n = env.num_envs
     assert env.obs_dtype == np.uint8 and env.action_spec == ActionSpec.discrete(env.num_actions)
+    assert env.restores_exactly and env.supports_render
     start = env.reset()
     assert start.obs.shape == (n, *env.obs_shape) and start.obs.dtype == np.uint8
     assert start.final_obs is None

@@ -167,6 +167,11 @@ class VecEnv(Protocol):
     truncation_known: bool
     """Whether ``truncated`` tells time limits from terminal states (Gymnasium, MiniGrid) or is always False
     with every end reported as ``terminated`` (Procgen through gym3)."""
+    restores_exactly: bool
+    """Whether ``set_state`` continues bit-identically. Where False, it restores seeds only and the caller must
+    ``reset()`` (every env starts a new episode) and drop its carried observation."""
+    supports_render: bool
+    """Whether ``render()`` can give frames (False once a render failed, e.g. no GL backend for MuJoCo)."""
 
     def reset(self) -> EnvStep:
         """Start every env on a new episode; ``first`` is all True, rewards are 0."""

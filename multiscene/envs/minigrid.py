@@ -53,6 +53,7 @@ class MiniGridVecEnv:
     obs_dtype = np.uint8
     truncation_known = True
     supports_render = True
+    restores_exactly = True
 
     def __init__(self, spec: EnvSpec) -> None:
         import minigrid  # noqa: F401  (side effect: registers the MiniGrid ids with gymnasium)

@@ -78,6 +78,7 @@ class ProcgenVecEnv:
     action_spec = ActionSpec.discrete(NUM_ACTIONS)
     truncation_known = False
     supports_render = True
+    restores_exactly = True
 
     def __init__(self, spec: EnvSpec) -> None:
         self.spec = spec
