@@ -70,6 +70,7 @@ class ActionSpec:
 
     @classmethod
     def discrete(cls, n: int) -> ActionSpec:
+        """``n`` discrete actions."""
         return cls("discrete", int(n))
 
     def __eq__(self, other: object) -> bool:
@@ -142,7 +143,8 @@ class EnvSpec:
     any registered Gymnasium id (``BoxingNoFrameskip-v4``, ``HalfCheetah-v5``, ``CartPole-v1``)."""
     num_envs: int
     seed: int
-    """Seeds Procgen's ``rand_seed`` and MiniGrid's level draws; derive it from the run seed."""
+    """Seeds Procgen's ``rand_seed``, MiniGrid's level draws, and Gymnasium env i (``seed + i`` at its first
+    reset); derive it from the run seed."""
     levels: LevelSet
     distribution_mode: str = "easy"
     num_threads: int = 4
