@@ -1,5 +1,6 @@
 """The environment layer: the VecEnv contract on Procgen and MiniGrid (issue #2), state save/restore and
-env errors naming the env id and level seed (issue #6)."""
+env errors naming the env id and level seed (issue #6), terminated vs truncated with the final observation
+(issue #16)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pytest
 
 from multiscene.config import ConfigError
 from multiscene.envs import PROCGEN_GAMES, check_env_id, is_procgen, make_env
-from multiscene.envs.base import EnvError, EnvSpec, EnvStep, LevelSet
+from multiscene.envs.base import ActionSpec, EnvError, EnvSpec, EnvStep, LevelSet
 
 MINIGRID_ID = "MiniGrid-DoorKey-5x5-v0"
 # fruitbot ends random-policy episodes often and pays rewards (both signs), so a few hundred steps test both.
@@ -49,10 +50,14 @@ def assert_steps_equal(a: EnvStep, b: EnvStep) -> None:
 def check_contract(env, actions: list[np.ndarray]) -> list[EnvStep]:
     """Run ``actions`` from a reset and check the VecEnv contract at every step against a hand-kept ledger:
     shapes and dtypes, first = terminated | truncated, episodes reported exactly where first is set, with the
-    return and length summed here and the level seed the episode started on. Returns every step."""
+    return and length summed here and the level seed the episode started on, final_obs given exactly where an
+    env was truncated (never where the env cannot tell truncation). Returns every step."""
     n = env.num_envs
+    assert env.obs_dtype == np.uint8 and env.action_spec == ActionSpec.discrete(env.num_actions)
+    assert env.restores_exactly and env.supports_render
     start = env.reset()
     assert start.obs.shape == (n, *env.obs_shape) and start.obs.dtype == np.uint8
+    assert start.final_obs is None
     assert start.first.all() and not start.reward.any() and start.episodes == []
     returns, lengths = np.zeros(n), np.zeros(n, dtype=np.int64)
     episode_level = start.level_seed.copy()
@@ -68,6 +73,13 @@ def check_contract(env, actions: list[np.ndarray]) -> list[EnvStep]:
             assert flags.shape == (n,) and flags.dtype == np.bool_
         assert step.level_seed.shape == (n,) and step.level_seed.dtype == np.int64
         np.testing.assert_array_equal(step.first, step.terminated | step.truncated)
+        assert not (step.terminated & step.truncated).any()
+        if env.truncation_known:
+            assert (step.final_obs is not None) == bool(step.truncated.any())
+        else:
+            assert step.final_obs is None and not step.truncated.any()
+        if step.final_obs is not None:
+            assert step.final_obs.shape == step.obs.shape and step.final_obs.dtype == step.obs.dtype
         returns += step.reward
         lengths += 1
         ended = np.flatnonzero(step.first)
@@ -77,6 +89,7 @@ def check_contract(env, actions: list[np.ndarray]) -> list[EnvStep]:
             assert episode.length == lengths[i]
             assert episode.episode_return == pytest.approx(returns[i])
             assert episode.level_seed == episode_level[i]
+            assert episode.truncated == step.truncated[i]
         returns[ended] = 0.0
         lengths[ended] = 0
         # Within an episode the level never changes; a new one may start only where first is set.
@@ -254,6 +267,43 @@ def test_minigrid_contract_first_obs_is_the_reset_of_its_level() -> None:
         for i in np.flatnonzero(step.first):
             obs, _ = reference.reset(seed=int(step.level_seed[i]))
             np.testing.assert_array_equal(step.obs[i], obs["image"])
+
+
+def test_minigrid_truncation_keeps_the_last_observation_of_the_cut_episode() -> None:
+    limit = 6
+    env = make_env(minigrid_spec(num_envs=3, max_episode_steps=limit))
+    assert env.truncation_known
+    start = env.reset()
+    level = start.level_seed.copy()
+    episode_actions: list[list[int]] = [[] for _ in range(3)]
+    reference = gymnasium.make(MINIGRID_ID, disable_env_checker=True)
+    reference.unwrapped.max_steps = limit
+    truncations = 0
+    for action in random_actions(60, 3, 7, seed=3):
+        step = env.step(action)
+        for i in range(3):
+            episode_actions[i].append(int(action[i]))
+            if step.truncated[i]:
+                # Replay the cut episode on its level: final_obs is its last view, obs the next level's first.
+                obs, _ = reference.reset(seed=int(level[i]))
+                for a in episode_actions[i]:
+                    obs, _, terminated, truncated, _ = reference.step(a)
+                assert truncated and not terminated and len(episode_actions[i]) == limit
+                np.testing.assert_array_equal(step.final_obs[i], obs["image"])
+                first_obs, _ = reference.reset(seed=int(step.level_seed[i]))
+                np.testing.assert_array_equal(step.obs[i], first_obs["image"])
+                truncations += 1
+            if step.first[i]:
+                episode_actions[i] = []
+        level = step.level_seed.copy()
+    assert truncations >= 10, "too few truncations to test anything"
+
+
+def test_procgen_cannot_tell_truncation_and_says_so() -> None:
+    env = make_env(procgen_spec(num_envs=2))
+    assert env.truncation_known is False and env.obs_dtype == np.uint8
+    assert env.action_spec == ActionSpec.discrete(15)
+    env.close()
 
 
 def test_minigrid_success_is_a_positive_terminal_reward() -> None:

@@ -5,7 +5,10 @@
 - a Procgen game name (``coinrun``), or several comma-separated (``coinrun,starpilot``), runs on
   procgen-mirror's gym3 ``ProcgenGym3Env`` (``multiscene.envs.procgen``);
 - a registered MiniGrid id (``MiniGrid-DoorKey-5x5-v0``) runs as a multi-scene set whose resets draw level
-  seeds from the spec's ``LevelSet`` (``multiscene.envs.minigrid``).
+  seeds from the spec's ``LevelSet`` (``multiscene.envs.minigrid``);
+- any other registered Gymnasium id (Atari through ale-py: ``BoxingNoFrameskip-v4``, ``ALE/Boxing-v5``;
+  MuJoCo: ``HalfCheetah-v5``; ``CartPole-v1``, ``Pendulum-v1``, a user's own registered env) runs on
+  ``multiscene.envs.gymnasium.GymnasiumVecEnv``. These have no level sets: train and test differ by seed only.
 
 Bad input is reported as ``ConfigError`` naming the command-line flag (issue #2, "Bad input"), before any env
 is built: some Procgen misconfigurations abort the whole process from C++ instead of raising.
@@ -14,10 +17,13 @@ is built: some Procgen misconfigurations abort the whole process from C++ instea
 from __future__ import annotations
 
 import difflib
+from typing import Literal
 
 from multiscene.config import ConfigError
 from multiscene.envs import scenes  # noqa: F401  (side effect: registers MiniGrid-HiddenPayoff-v0)
-from multiscene.envs.base import EnvError, EnvSpec, EnvStep, EpisodeStats, LevelSet, VecEnv
+from multiscene.envs.base import ActionSpec, EnvError, EnvSpec, EnvStep, EpisodeStats, LevelSet, VecEnv
+
+EnvFamily = Literal["procgen", "minigrid", "gymnasium"]
 
 # The 16 Procgen games (procgen.env.ENV_NAMES). Kept here so that checking an env id does not import procgen
 # (slow, and its gym dependency prints a deprecation notice); a test asserts the two lists are equal.
@@ -56,6 +62,8 @@ _MAX_LEVEL_SEED = 2**31 - 1
 
 __all__ = [
     "PROCGEN_DISTRIBUTION_MODES",
+    "ActionSpec",
+    "EnvFamily",
     "PROCGEN_GAMES",
     "EnvError",
     "EnvSpec",
@@ -65,7 +73,9 @@ __all__ = [
     "VecEnv",
     "check_env_id",
     "check_env_spec",
+    "env_family",
     "is_procgen",
+    "knows_truncation",
     "make_env",
     "minigrid_ids",
     "procgen_games",
@@ -90,10 +100,31 @@ def minigrid_ids() -> list[str]:
     return sorted(env_id for env_id in gymnasium.registry if env_id.startswith("MiniGrid-"))
 
 
-def check_env_id(env_id: str) -> None:
-    """Raise ConfigError naming ``--env`` unless ``env_id`` is Procgen game(s) or a registered MiniGrid id.
+def env_family(env_id: str) -> EnvFamily:
+    """Which env class runs ``env_id``: Procgen game(s), a ``MiniGrid-*`` id, or any other (Gymnasium) id.
 
-    Only ``MiniGrid-*`` ids count as MiniGrid (the config tells the two families apart by that prefix).
+    By name only (nothing is imported or built); ``check_env_id`` says whether the id exists.
+    """
+    if is_procgen(env_id):
+        return "procgen"
+    if env_id.startswith("MiniGrid-"):
+        return "minigrid"
+    return "gymnasium"
+
+
+def knows_truncation(env_id: str) -> bool:
+    """Whether the env set of ``env_id`` reports time-limit truncations apart from terminations (its
+    ``truncation_known``), by name: False for Procgen (gym3 has one ``first`` flag), True otherwise. For the
+    config's check of ``--bootstrap-truncation`` (issue #16, "Bad input"), without building an env."""
+    return env_family(env_id) != "procgen"
+
+
+def check_env_id(env_id: str) -> None:
+    """Raise ConfigError naming ``--env`` unless ``env_id`` is Procgen game(s), a registered MiniGrid id, or a
+    registered Gymnasium id whose backend loads (ale-py ids register on import; a missing Atari ROM or a
+    MuJoCo that fails to load is refused with the reason). Builds no env.
+
+    Only ``MiniGrid-*`` ids count as MiniGrid (the config tells the families apart by that prefix).
     """
     if is_procgen(env_id):
         return
@@ -112,16 +143,28 @@ def check_env_id(env_id: str) -> None:
     registered = minigrid_ids()
     if env_id in registered:
         return
-    suggestions = difflib.get_close_matches(env_id, list(PROCGEN_GAMES) + registered, n=3, cutoff=0.6)
+    import gymnasium
+
+    from multiscene.envs.gymnasium import check_gymnasium_id, register_atari
+
+    register_atari()
+    if env_id in gymnasium.registry and not env_id.startswith("MiniGrid-"):
+        check_gymnasium_id(env_id)
+        return
+    others = [name for name in gymnasium.registry if not name.startswith("MiniGrid-")]
+    candidates = list(PROCGEN_GAMES) + registered + others
+    suggestions = difflib.get_close_matches(env_id, candidates, n=3, cutoff=0.6)
     if not suggestions:
         # Procgen names are short and lowercase: a capitalized game ("CoinRun") is closer after lowering.
         suggestions = difflib.get_close_matches(env_id.lower(), PROCGEN_GAMES, n=3, cutoff=0.6)
     hint = f" Did you mean {', '.join(suggestions)}?" if suggestions else ""
     raise ConfigError(
-        f"--env {env_id!r} is neither a Procgen game nor a registered MiniGrid id.{hint} "
+        f"--env {env_id!r} is not a Procgen game, a registered MiniGrid id or a registered Gymnasium id."
+        f"{hint} "
         f"Allowed: a Procgen game ({', '.join(PROCGEN_GAMES)}; comma-separated for several), "
-        "or a registered MiniGrid id such as "
-        f"{_EXAMPLE_MINIGRID_ID}."
+        f"a registered MiniGrid id such as {_EXAMPLE_MINIGRID_ID}, an Atari id (BoxingNoFrameskip-v4, "
+        "ALE/Boxing-v5), a MuJoCo id (HalfCheetah-v5) or any registered Gymnasium id with image or vector "
+        "Box observations and Discrete or Box actions (CartPole-v1, Pendulum-v1)."
     )
 
 
@@ -166,7 +209,8 @@ def check_env_spec(spec: EnvSpec) -> None:
                 "--max-episode-steps applies to MiniGrid only; Procgen games have their own time limits."
             )
     else:
-        if levels.num_levels == 0:
+        # Gymnasium ids have no level sets (train and test differ by seed): the level range is not used.
+        if env_family(spec.env_id) == "minigrid" and levels.num_levels == 0:
             raise ConfigError("--num-levels must be > 0 for MiniGrid (a fixed set of level seeds to draw).")
         if spec.max_episode_steps is not None and spec.max_episode_steps <= 0:
             raise ConfigError(f"--max-episode-steps must be positive, got {spec.max_episode_steps}.")
@@ -175,10 +219,15 @@ def check_env_spec(spec: EnvSpec) -> None:
 def make_env(spec: EnvSpec) -> VecEnv:
     """Build the vectorized env set described by ``spec`` (call ``reset()`` before the first ``step``)."""
     check_env_spec(spec)
-    if is_procgen(spec.env_id):
+    family = env_family(spec.env_id)
+    if family == "procgen":
         from multiscene.envs.procgen import ProcgenVecEnv
 
         return ProcgenVecEnv(spec)
-    from multiscene.envs.minigrid import MiniGridVecEnv
+    if family == "minigrid":
+        from multiscene.envs.minigrid import MiniGridVecEnv
 
-    return MiniGridVecEnv(spec)
+        return MiniGridVecEnv(spec)
+    from multiscene.envs.gymnasium import GymnasiumVecEnv
+
+    return GymnasiumVecEnv(spec)

@@ -26,7 +26,15 @@ from typing import Any
 import gymnasium
 import numpy as np
 
-from multiscene.envs.base import EnvError, EnvSpec, EnvStep, EpisodeStats, check_actions, check_state_matches
+from multiscene.envs.base import (
+    ActionSpec,
+    EnvError,
+    EnvSpec,
+    EnvStep,
+    EpisodeStats,
+    check_actions,
+    check_state_matches,
+)
 
 RENDER_TILE_SIZE = 8
 
@@ -34,11 +42,18 @@ RENDER_TILE_SIZE = 8
 class MiniGridVecEnv:
     """``num_envs`` MiniGrid envs whose episodes run on level seeds drawn from ``spec.levels``.
 
-    Attributes: ``env_id``, ``num_envs``, ``obs_shape`` (7, 7, 3), ``num_actions`` (7 for MiniGrid),
-    ``grid_size`` (width, height) in cells, ``render_tile_size`` (pixels per cell in ``render()``).
+    Attributes: ``env_id``, ``num_envs``, ``obs_shape`` (7, 7, 3), ``obs_dtype`` (uint8), ``action_spec`` and
+    ``num_actions`` (7 for MiniGrid), ``truncation_known`` (True: MiniGrid's ``max_steps`` limit is reported
+    as ``truncated``, with the last observation in ``EnvStep.final_obs``), ``grid_size`` (width, height) in
+    cells,
+    ``render_tile_size`` (pixels per cell in ``render()``).
     """
 
     render_tile_size = RENDER_TILE_SIZE
+    obs_dtype = np.uint8
+    truncation_known = True
+    supports_render = True
+    restores_exactly = True
 
     def __init__(self, spec: EnvSpec) -> None:
         import minigrid  # noqa: F401  (side effect: registers the MiniGrid ids with gymnasium)
@@ -61,6 +76,7 @@ class MiniGridVecEnv:
         image_space: Any = first_env.observation_space["image"]  # type: ignore[index]
         self.obs_shape: tuple[int, ...] = tuple(image_space.shape)
         self.num_actions = int(first_env.action_space.n)  # type: ignore[attr-defined]
+        self.action_spec = ActionSpec.discrete(self.num_actions)
         self._level_low = spec.levels.start_level
         self._level_high = spec.levels.start_level + spec.levels.num_levels
         self._rng = np.random.default_rng(spec.seed)
@@ -121,6 +137,7 @@ class MiniGridVecEnv:
         terminated = np.zeros(n, dtype=bool)
         truncated = np.zeros(n, dtype=bool)
         episodes: list[EpisodeStats] = []
+        final_obs: np.ndarray | None = None
         returns, lengths = self._episode_return, self._episode_length
         for index, (env, action) in enumerate(zip(self._envs, actions.tolist())):
             try:
@@ -132,6 +149,8 @@ class MiniGridVecEnv:
             returns[index] += env_reward
             lengths[index] += 1
             if env_terminated or env_truncated:
+                # A terminal state reached on the last allowed step is a termination: nothing to bootstrap.
+                env_truncated = env_truncated and not env_terminated
                 terminated[index] = env_terminated
                 truncated[index] = env_truncated
                 episodes.append(
@@ -143,12 +162,22 @@ class MiniGridVecEnv:
                         # MiniGrid pays a positive reward only for reaching the goal
                         # (1 - 0.9 * t / max_steps); lava and time-outs end with 0.
                         success=bool(env_terminated and env_reward > 0.0),
+                        truncated=bool(env_truncated),
                     )
                 )
+                if env_truncated:
+                    # MiniGrid's step limit is a time limit (issue #16): keep the cut episode's last view.
+                    if final_obs is None:
+                        final_obs = np.empty((n, *self.obs_shape), dtype=np.uint8)
+                    final_obs[index] = env_obs["image"]
                 obs[index] = self._start_episode(index)
             else:
                 obs[index] = env_obs["image"]
         self._obs = obs
+        if final_obs is not None:
+            # Rows of envs that were not truncated are a copy of obs (EnvStep.final_obs: unspecified there).
+            kept = ~truncated
+            final_obs[kept] = obs[kept]
         return EnvStep(
             obs=obs,
             reward=reward,
@@ -157,6 +186,7 @@ class MiniGridVecEnv:
             first=terminated | truncated,
             level_seed=np.array(self._level_seed, dtype=np.int64),
             episodes=episodes,
+            final_obs=final_obs,
         )
 
     def get_state(self) -> dict[str, Any]:

@@ -7,8 +7,10 @@ actions and 64x64x3 RGB observations.
 gym3 semantics carry over unchanged: the reward returned with ``first=True`` is the last reward of the episode
 that just ended, and ``prev_level_seed`` / ``prev_level_complete`` in the info describe that episode.
 
-Procgen does not tell time-outs from terminal states, so every episode end is reported as ``terminated`` and
-``truncated`` is always False (the convention of the Procgen paper and CleanRL's ppo_procgen).
+Procgen does not tell time-outs from terminal states (gym3 reports one ``first`` flag), so every episode end is
+reported as ``terminated``, ``truncated`` is always False, ``EnvStep.final_obs`` is always None and
+``truncation_known`` is False: returns never bootstrap through a Procgen time-out (the convention of the Procgen
+paper and CleanRL's ppo_procgen; issue #16 keeps it for lack of the information).
 """
 
 from __future__ import annotations
@@ -20,7 +22,15 @@ from typing import Any
 import numpy as np
 
 from multiscene.envs import procgen_games
-from multiscene.envs.base import EnvError, EnvSpec, EnvStep, EpisodeStats, check_actions, check_state_matches
+from multiscene.envs.base import (
+    ActionSpec,
+    EnvError,
+    EnvSpec,
+    EnvStep,
+    EpisodeStats,
+    check_actions,
+    check_state_matches,
+)
 
 NUM_ACTIONS = 15
 OBS_SHAPE = (64, 64, 3)
@@ -59,9 +69,16 @@ def _info_arrays(env: Any) -> dict[str, np.ndarray]:
 class ProcgenVecEnv:
     """``num_envs`` Procgen envs over the level range ``spec.levels``.
 
-    Attributes: ``env_id``, ``num_envs``, ``obs_shape`` (64, 64, 3), ``num_actions`` (15), ``games`` (one name
-    per gym3 env), ``envs_per_game``.
+    Attributes: ``env_id``, ``num_envs``, ``obs_shape`` (64, 64, 3), ``obs_dtype`` (uint8), ``action_spec``
+    (discrete, 15), ``num_actions`` (15), ``truncation_known`` (False), ``games`` (one name per gym3 env),
+    ``envs_per_game``.
     """
+
+    obs_dtype = np.uint8
+    action_spec = ActionSpec.discrete(NUM_ACTIONS)
+    truncation_known = False
+    supports_render = True
+    restores_exactly = True
 
     def __init__(self, spec: EnvSpec) -> None:
         self.spec = spec
