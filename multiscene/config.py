@@ -84,6 +84,9 @@ class CommonConfig:
     """Critic (multiscene/registry.py): scalar (RL² baseline), dve, sparse-dve."""
     aux: str = "none"
     """Auxiliary loss trained with the RL loss (multiscene/registry.py): none."""
+    encoder: str = "auto"
+    """Per-frame encoder (multiscene/registry.py): auto picks by observation shape (64x64 images: impala,
+    84x84 Atari stacks: nature, MiniGrid grids: minigrid, vectors: mlp)."""
     resume: bool = False
     """Continue the run in --run-dir from its last good checkpoint."""
     overwrite: bool = False
@@ -201,14 +204,19 @@ class CommonConfig:
         return self.total_timesteps // self.batch_size
 
     @property
-    def is_procgen(self) -> bool:
-        from multiscene.envs import is_procgen
+    def env_family(self) -> str:
+        """procgen, minigrid or gymnasium (multiscene.envs.env_family; from the id alone)."""
+        from multiscene.envs import env_family
 
-        return is_procgen(self.env)
+        return env_family(self.env)
+
+    @property
+    def is_procgen(self) -> bool:
+        return self.env_family == "procgen"
 
     @property
     def is_minigrid(self) -> bool:
-        return self.env.startswith("MiniGrid")
+        return self.env_family == "minigrid"
 
     @property
     def test_levels_start(self) -> int:
@@ -232,6 +240,7 @@ def _assemble_train_config() -> type:
         ("algo", choices(list(registry.ALGORITHMS)), field(default="ppo")),
         ("critic", choices(list(registry.CRITICS)), field(default="scalar")),
         ("aux", choices(["none", *registry.AUX_LOSSES]), field(default="none")),
+        ("encoder", choices(["auto", *registry.ENCODERS]), field(default="auto")),
     ]
     for name, group in registry.config_groups().items():
         fields.append((name, group, field(default_factory=group)))  # type: ignore[arg-type]
@@ -324,6 +333,14 @@ def validate(cfg: TrainConfig) -> None:
                  "max_nonfinite_updates", "hidden_size"):
         if getattr(cfg, name) <= 0:
             raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {getattr(cfg, name)}.")
+    if cfg.bootstrap_truncation:
+        from multiscene.envs import knows_truncation
+
+        if not knows_truncation(cfg.env):
+            raise ConfigError(
+                f"--bootstrap-truncation: {cfg.env} cannot tell a time-limit cut from a termination (Procgen's "
+                "gym3 interface reports both as done); pass --no-bootstrap-truncation (the Procgen presets do)."
+            )
     if cfg.track:
         from multiscene.logger import require_wandb
 

@@ -114,7 +114,7 @@ def run_episodes(
         episode_id = slot_offset + np.minimum(done_count, np.maximum(quota - 1, 0))
         if recorder is not None:
             frames_wanted = active & (episode_id < frame_episodes) & (t_in_episode < MAX_FRAMES_PER_EPISODE)
-            if frames_wanted.any():
+            if frames_wanted.any() and getattr(envs, "supports_render", True):
                 rendered = envs.render()
                 for i in np.flatnonzero(frames_wanted):
                     recorder.frames.setdefault(int(episode_id[i]), []).append(rendered[i].copy())
@@ -132,6 +132,20 @@ def run_episodes(
                 "value": out.values[0].float().cpu().numpy()[idx],
                 "core_out": out.extras["core_out"][0].float().cpu().numpy()[idx].astype(np.float16),
             }
+            cut = np.asarray(result.truncated & ~result.terminated)
+            row["truncated"] = cut[idx]
+            if cut[idx].any() and result.final_obs is not None:
+                # The value of the cut episode's last observation: the value-error analysis bootstraps the
+                # realized return from it instead of leaving the last steps out (issue 16).
+                with torch.no_grad():
+                    last = agent(torch.as_tensor(result.final_obs).to(device)[None],
+                                 torch.zeros(1, B, dtype=torch.bool, device=device), action.to(device)[None],
+                                 torch.as_tensor(result.reward, dtype=torch.float32).to(device)[None], state)
+                final_value = last.values[0].float().cpu().numpy()
+                final_value[~cut] = np.nan
+                row["final_value"] = final_value[idx]
+            else:
+                row["final_value"] = np.full((len(idx), out.values.shape[-1]), np.nan, dtype=np.float32)
             if "alpha" in out.extras:
                 row["alpha"] = out.extras["alpha"][0].float().cpu().numpy()[idx]
                 row["cluster_values"] = out.extras["cluster_values"][0].float().cpu().numpy()[idx]
@@ -217,7 +231,8 @@ def evaluate_run_splits(
         for split in ("train", "test"):
             stats: dict[str, Any] = {}
             for deterministic in (False, True):
-                envs = make_env(env_spec(cfg, split, min(cfg.eval_num_envs, n), seed_offset=101 + int(deterministic)))
+                envs = make_env(env_spec(cfg, split, min(cfg.eval_num_envs, n), seed_offset=101 + int(deterministic),
+                                            training=False))
                 try:
                     gen = torch.Generator().manual_seed(cfg.seed * 7 + int(deterministic))
                     res = run_episodes(agent, envs, n, deterministic, device, gen,
@@ -234,7 +249,7 @@ def evaluate_run_splits(
             summary[split] = stats
         if record:
             # The uniform-random policy on the same test levels: the floor a trained agent must clear.
-            envs = make_env(env_spec(cfg, "test", min(cfg.eval_num_envs, n), seed_offset=101))
+            envs = make_env(env_spec(cfg, "test", min(cfg.eval_num_envs, n), seed_offset=101, training=False))
             try:
                 res = run_episodes(agent, envs, n, False, device, torch.Generator().manual_seed(cfg.seed),
                                    random_policy=True)
@@ -284,7 +299,7 @@ def evaluate_checkpoint(
     if ckpt is None:
         raise ConfigError(f"{run_dir} has no readable checkpoint to evaluate (checkpoints/ is empty or corrupted).")
     dev = resolve_device(device)
-    probe = make_env(env_spec(cfg, "test", 1))
+    probe = make_env(env_spec(cfg, "test", 1, training=False))
     try:
         agent = make_agent(cfg, probe, device=dev)
     finally:
@@ -309,7 +324,13 @@ def write_videos(agent: Agent, cfg: TrainConfig, device: torch.device, out_dir: 
     written = []
     agent.eval()
     for split in ("train", "test"):
-        envs = make_env(env_spec(cfg, split, min(episodes, cfg.eval_num_envs), seed_offset=303))
+        envs = make_env(env_spec(cfg, split, min(episodes, cfg.eval_num_envs), seed_offset=303, training=False))
+        if not getattr(envs, "supports_render", True):
+            envs.close()
+            from multiscene.config import ConfigError
+
+            raise ConfigError(f"--video: {cfg.env} cannot render on this machine (no GL backend for it); "
+                              "evaluate without --video.")
         try:
             res = run_episodes(agent, envs, episodes, False, device, torch.Generator().manual_seed(cfg.seed),
                                record=True, frame_episodes=episodes)

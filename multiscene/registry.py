@@ -38,6 +38,14 @@ CRITICS: dict[str, str] = {
     "multi": "multiscene.critics.multi:MultiCritic",
 }
 
+ENCODERS: dict[str, str] = {
+    "impala": "multiscene.models.encoders:ImpalaCNN",
+    "nature": "multiscene.models.encoders:NatureCNN",
+    "minigrid": "multiscene.models.encoders:MiniGridCNN",
+    "mlp": "multiscene.models.encoders:MLPEncoder",
+}
+"""``--encoder NAME``; ``auto`` (the default) picks by observation shape (multiscene.models.encoders)."""
+
 AUX_LOSSES: dict[str, str] = {}
 """``--aux NAME``; ``none`` (no auxiliary loss) is always allowed."""
 
@@ -48,8 +56,10 @@ OPTION_GROUPS: dict[str, str] = {
 """Config groups of parts that are switched on by a flag rather than chosen by name (``--vwr.*`` for the VWR
 reward of ``--critic multi``; ``--hotwire-cfg.*`` for ``--hotwire``)."""
 
-KINDS: dict[str, dict[str, str]] = {"algorithm": ALGORITHMS, "critic": CRITICS, "aux": AUX_LOSSES}
-FLAGS = {"algorithm": "--algo", "critic": "--critic", "aux": "--aux"}
+KINDS: dict[str, dict[str, str]] = {
+    "algorithm": ALGORITHMS, "critic": CRITICS, "aux": AUX_LOSSES, "encoder": ENCODERS,
+}
+FLAGS = {"algorithm": "--algo", "critic": "--critic", "aux": "--aux", "encoder": "--encoder"}
 
 
 def load(kind: str, name: str) -> Any:

@@ -39,8 +39,11 @@ def default_run_dir(cfg: TrainConfig) -> Path:
     return Path("runs") / f"{env}-{algo}{cfg.critic}-s{cfg.seed}"
 
 
-def env_spec(cfg: TrainConfig, split: str, num_envs: int, seed_offset: int = 0) -> EnvSpec:
-    """Train levels [start_level, start_level + num_levels); test levels a disjoint range after them."""
+def env_spec(cfg: TrainConfig, split: str, num_envs: int, seed_offset: int = 0, training: bool = True) -> EnvSpec:
+    """Train levels [start_level, start_level + num_levels); test levels a disjoint range after them.
+
+    ``training=False`` builds an evaluation env set: Atari then plays whole games (no episodic life) with raw
+    rewards."""
     if split == "train":
         levels = LevelSet(cfg.start_level, cfg.num_levels)
     else:
@@ -54,6 +57,7 @@ def env_spec(cfg: TrainConfig, split: str, num_envs: int, seed_offset: int = 0) 
         distribution_mode=cfg.distribution_mode,
         num_threads=cfg.num_threads,
         max_episode_steps=cfg.max_episode_steps,
+        training=training,
     )
 
 

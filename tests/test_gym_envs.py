@@ -19,7 +19,7 @@ from multiscene.config import ConfigError
 from multiscene.envs import check_env_id, env_family, knows_truncation, make_env
 from multiscene.envs.base import ActionSpec, EnvSpec, EnvStep, LevelSet, check_actions
 from multiscene.envs.gymnasium import GymnasiumVecEnv, area_resize_weights
-from multiscene.models.encoders import ENCODERS, MLPEncoder, NatureCNN, encoder_name, make_encoder
+from multiscene.models.encoders import MLPEncoder, NatureCNN, encoder_name, make_encoder
 
 
 def gym_spec(env_id: str, num_envs: int = 2, seed: int = 0, **kwargs: Any) -> EnvSpec:
@@ -515,6 +515,8 @@ def test_make_encoder_dispatches_by_shape_and_refuses_others() -> None:
     assert encoder_name((7, 7, 3)) == "minigrid"
     assert encoder_name((84, 84, 4)) == "nature"
     assert encoder_name((17,), np.float32) == "mlp"
+    from multiscene.registry import ENCODERS
+
     assert set(ENCODERS) == {"impala", "nature", "minigrid", "mlp"}
     assert isinstance(make_encoder((84, 84, 4), 512), NatureCNN)
     assert isinstance(make_encoder((17,), 64, np.float32), MLPEncoder)

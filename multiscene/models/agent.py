@@ -53,7 +53,7 @@ class Agent(nn.Module):
         self.num_actions = num_actions
         self.continuous = continuous
         self.float_obs = np.dtype(obs_dtype).kind == "f"
-        self.encoder = make_encoder(self.obs_shape, cfg.hidden_size, **_encoder_kwargs(cfg, obs_dtype))
+        self.encoder = make_encoder(self.obs_shape, cfg.hidden_size, obs_dtype, name=cfg.encoder)
         enc_dim = self.encoder.output_dim
         self.core: LSTMCore | IdentityCore
         if cfg.core == "lstm":
@@ -123,19 +123,6 @@ class Agent(nn.Module):
         extras["core_out"] = core_out
         extras["features"] = features
         return AgentOutput(logits, critic_out.values, extras, state)
-
-
-def _encoder_kwargs(cfg: TrainConfig, obs_dtype: Any) -> dict[str, Any]:
-    """Keyword arguments of ``make_encoder`` that this version of the encoders module accepts."""
-    import inspect
-
-    params = inspect.signature(make_encoder).parameters
-    kwargs: dict[str, Any] = {}
-    if "obs_dtype" in params:
-        kwargs["obs_dtype"] = obs_dtype
-    if "name" in params and hasattr(cfg, "encoder"):
-        kwargs["name"] = cfg.encoder
-    return kwargs
 
 
 def select_state(state: CoreState, index: torch.Tensor | slice) -> CoreState:

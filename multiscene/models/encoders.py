@@ -1,7 +1,7 @@
 """Per-frame encoders: observations [N, *obs_shape] -> features [N, output_dim].
 
 Images are uint8 [N, H, W, C] (scaled inside the encoder, so rollouts store uint8 only); vectors are float32
-[N, D]. ``make_encoder`` picks one by the observation's shape and dtype; ``ENCODERS`` names them (for an
+[N, D]. ``make_encoder`` picks one by the observation's shape and dtype; multiscene/registry.py's ``ENCODERS`` names them (for an
 ``--encoder NAME`` override).
 """
 
@@ -154,21 +154,13 @@ class MLPEncoder(nn.Module):
         return self.layers(obs.to(first.weight.dtype))
 
 
-ENCODERS: dict[str, type[nn.Module]] = {
-    "impala": ImpalaCNN,
-    "nature": NatureCNN,
-    "minigrid": MiniGridCNN,
-    "mlp": MLPEncoder,
-}
-"""Encoder name -> class; every class is built as ``cls(obs_shape, hidden_size)``."""
-
 _ATARI_SIZE = 84
 _MIN_IMPALA_SIZE = 32
 _MIN_GRID_SIZE = 4  # MiniGridCNN's three 2x2 convs shrink each side by 3
 
 
 def encoder_name(obs_shape: tuple[int, ...], obs_dtype: type[np.generic] | np.dtype = np.uint8) -> str:
-    """The ``ENCODERS`` name ``make_encoder`` picks: 1-D -> ``mlp``; uint8 84x84xC -> ``nature`` (Atari);
+    """The registered encoder name ``make_encoder`` picks: 1-D -> ``mlp``; uint8 84x84xC -> ``nature`` (Atari);
     uint8 images of >= 32 px a side -> ``impala`` (Procgen's 64x64x3); uint8 grids of 4..31 cells a side ->
     ``minigrid`` (MiniGrid's 7x7x3). ConfigError naming ``--env`` for anything else."""
     dtype = np.dtype(obs_dtype)
@@ -189,8 +181,28 @@ def encoder_name(obs_shape: tuple[int, ...], obs_dtype: type[np.generic] | np.dt
     )
 
 
+_IMAGE_ENCODERS = ("impala", "nature", "minigrid")
+
+
 def make_encoder(
-    obs_shape: tuple[int, ...], hidden_size: int, obs_dtype: type[np.generic] | np.dtype = np.uint8
+    obs_shape: tuple[int, ...], hidden_size: int, obs_dtype: type[np.generic] | np.dtype = np.uint8,
+    name: str = "auto",
 ) -> nn.Module:
-    """The encoder ``encoder_name`` picks for these observations, with output width ``hidden_size``."""
-    return ENCODERS[encoder_name(obs_shape, obs_dtype)](tuple(obs_shape), hidden_size)
+    """The encoder registered as ``name`` (``--encoder``; multiscene/registry.py), or with ``auto`` the one
+    ``encoder_name`` picks for these observations, with output width ``hidden_size``. An encoder that cannot
+    read these observations (an image encoder on vectors, the MLP on images) is a ConfigError naming both
+    flags."""
+    from multiscene import registry
+
+    auto = encoder_name(obs_shape, obs_dtype)
+    if name == "auto":
+        name = auto
+    image_obs = len(obs_shape) == 3 and np.dtype(obs_dtype) == np.uint8
+    if (name in _IMAGE_ENCODERS) != image_obs:
+        raise ConfigError(
+            f"--encoder {name} cannot read the observations of --env (shape {tuple(obs_shape)}, dtype "
+            f"{np.dtype(obs_dtype)}): {'image' if name in _IMAGE_ENCODERS else 'vector'} encoder, "
+            f"{'image' if image_obs else 'vector'} observations. Allowed here: auto, {auto}"
+            f"{', ' + ', '.join(n for n in _IMAGE_ENCODERS if n != auto) if image_obs else ''}."
+        )
+    return registry.load("encoder", name)(tuple(obs_shape), hidden_size)

@@ -52,6 +52,7 @@ class RolloutCollector:
 
     def __init__(self, envs: VecEnv, agent: Agent, cfg: TrainConfig, device: torch.device) -> None:
         self.envs = envs
+        self.agent = agent
         self.cfg = cfg
         self.device = device
         self.continuous = agent.continuous
@@ -100,6 +101,15 @@ class RolloutCollector:
         if state.get("envs") is None:
             return  # saved after an env error: keep the fresh envs and carry
         self.envs.set_state(state["envs"])
+        if not getattr(self.envs, "restores_exactly", True):
+            # Envs that cannot be copied (e.g. Box2D) restart every env on a new episode after a resume.
+            start = self.envs.reset()
+            self.obs = self.agent.normalize_obs(torch.as_tensor(start.obs), update=False)
+            self.first = torch.ones(self.envs.num_envs, dtype=torch.bool)
+            self.prev_action = self._zero_actions(self.envs.num_envs)
+            self.prev_reward = torch.zeros(self.envs.num_envs)
+            self.core_state = self.agent.initial_state(self.envs.num_envs, self.device)
+            return
         self.obs = state["obs"]
         self.first = state["first"]
         self.prev_action = state["prev_action"]
