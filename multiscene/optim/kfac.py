@@ -56,16 +56,15 @@ def is_coverable(module: nn.Module) -> bool:
 
 
 def layer_input_rows(module: nn.Module, activation: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """The rows whose second moment is A, and the number of samples N they came from.
+    """The rows whose second moment is A (without the homogeneous 1), and the number of samples N.
 
     Linear: activation [..., in] -> rows [N, in] (all leading dims, e.g. time-major [T, B], are samples).
     Conv2d: activation [N, C, H, W] -> unfolded patches [N * oh * ow, C * kh * kw] (ordered like
-    ``weight.view(out, -1)``). A homogeneous 1 is appended when the layer has a bias.
+    ``weight.view(out, -1)``).
     """
     if isinstance(module, nn.Conv2d):
         if activation.dim() == 3:  # unbatched input [C, H, W]
             activation = activation.unsqueeze(0)
-        samples = activation.shape[0]
         patches = F.unfold(
             activation,
             module.kernel_size,
@@ -73,13 +72,23 @@ def layer_input_rows(module: nn.Module, activation: torch.Tensor) -> tuple[torch
             padding=module.padding,
             stride=module.stride,
         )  # [N, C*kh*kw, L]
-        rows = patches.transpose(1, 2).reshape(-1, patches.shape[1])
-    else:
-        rows = activation.reshape(-1, activation.shape[-1])
-        samples = rows.shape[0]
-    if module.bias is not None:
-        rows = torch.cat([rows, rows.new_ones(rows.shape[0], 1)], dim=1)
-    return rows, samples
+        return patches.transpose(1, 2).reshape(-1, patches.shape[1]), activation.shape[0]
+    rows = activation.reshape(-1, activation.shape[-1])
+    return rows, rows.shape[0]
+
+
+def input_second_moment_sum(rows: torch.Tensor, bias: bool) -> torch.Tensor:
+    """Σ_rows ā āᵀ with ā = [a, 1] when ``bias``: [[Σ a aᵀ, Σ a], [Σ aᵀ, n]] [in (+1), in (+1)].
+
+    Built blockwise so the (for an Atari first conv layer, hundreds of MB large) patch matrix is never copied
+    to append a column of ones.
+    """
+    moment = rows.T @ rows
+    if not bias:
+        return moment
+    column = rows.sum(dim=0, keepdim=True)  # [1, in]
+    count = rows.new_full((1, 1), float(rows.shape[0]))
+    return torch.cat([torch.cat([moment, column.T], dim=1), torch.cat([column, count], dim=1)], dim=0)
 
 
 def layer_output_rows(module: nn.Module, grad_output: torch.Tensor) -> torch.Tensor:
@@ -101,6 +110,33 @@ def gradient_matrix(
             bias_grad = matrix.new_zeros(matrix.shape[0])
         matrix = torch.cat([matrix, bias_grad.reshape(-1, 1)], dim=1)
     return matrix
+
+
+def symmetric_eigh(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eigenvalues [d] and eigenvectors [d, d] (columns) of a symmetric PSD factor, robust to LAPACK failures.
+
+    LAPACK's divide-and-conquer solver can fail to converge on large factors with many repeated eigenvalues,
+    e.g. A of the Nature-CNN's 3137-wide fully connected layer when ReLU units are dead (exact zero rows); seen
+    in float32 on CPU while measuring docs/kfac.md. Retry in float64, then with a small diagonal shift that is
+    subtracted from the eigenvalues again (it leaves the eigenvectors of a symmetric matrix unchanged).
+    """
+    try:
+        return torch.linalg.eigh(matrix)
+    except torch.linalg.LinAlgError:
+        pass
+    wide = matrix.double()
+    scale = float(wide.diagonal().abs().mean().clamp_min(1e-30))
+    for shift in (0.0, 1e-10 * scale, 1e-7 * scale, 1e-4 * scale):
+        try:
+            eigenvalues, basis = torch.linalg.eigh(
+                wide + shift * torch.eye(wide.shape[0], dtype=wide.dtype, device=wide.device)
+            )
+        except torch.linalg.LinAlgError:
+            continue
+        return (eigenvalues - shift).to(matrix.dtype), basis.to(matrix.dtype)
+    raise torch.linalg.LinAlgError(
+        f"KFAC: eigendecomposition of a {tuple(matrix.shape)} factor failed even in float64"
+    )
 
 
 class KFAC(torch.optim.Optimizer):
@@ -220,16 +256,17 @@ class KFAC(torch.optim.Optimizer):
 
     @torch.no_grad()
     def _accumulate(self, module: nn.Module, activation: torch.Tensor, grad_output: torch.Tensor) -> None:
-        a_rows, samples = layer_input_rows(module, activation)
-        g_rows = layer_output_rows(module, grad_output.detach())
         dtype = module.weight.dtype
-        a_rows, g_rows = a_rows.to(dtype), g_rows.to(dtype)
+        a_rows, samples = layer_input_rows(module, activation.to(dtype))
+        g_rows = layer_output_rows(module, grad_output.detach().to(dtype))
+        sum_aa = input_second_moment_sum(a_rows, module.bias is not None)
+        sum_gg = g_rows.T @ g_rows
         entry = self._pending.get(module)
         if entry is None:
-            self._pending[module] = [a_rows.T @ a_rows, g_rows.T @ g_rows, samples, a_rows.shape[0]]
+            self._pending[module] = [sum_aa, sum_gg, samples, a_rows.shape[0]]
         else:
-            entry[0].add_(a_rows.T @ a_rows)
-            entry[1].add_(g_rows.T @ g_rows)
+            entry[0].add_(sum_aa)
+            entry[1].add_(sum_gg)
             entry[2] += samples
             entry[3] += a_rows.shape[0]
 
@@ -282,7 +319,7 @@ class KFAC(torch.optim.Optimizer):
     def _refresh_eigenbases(state: dict[str, Any]) -> None:
         for name in ("A", "G"):
             factor = state[name]
-            eigenvalues, basis = torch.linalg.eigh((factor + factor.T) / 2)
+            eigenvalues, basis = symmetric_eigh((factor + factor.T) / 2)
             # Round-off can leave tiny negative eigenvalues of a PSD factor; they would flip the damped inverse.
             state[f"eig_{name}"], state[f"basis_{name}"] = eigenvalues.clamp_min(0.0), basis
         dim_a, dim_g = state["A"].shape[0], state["G"].shape[0]
