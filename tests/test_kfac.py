@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from multiscene.config import ConfigError
 from multiscene.optim import KFAC
 from multiscene.optim.kfac import gradient_matrix, symmetric_eigh
 
@@ -463,9 +464,9 @@ def test_layer_without_statistics_takes_the_raw_gradient_with_a_warning() -> Non
 
 
 def test_bad_arguments_name_the_argument_and_allowed_values() -> None:
-    with pytest.raises(ValueError, match="damping_mode='exact'; allowed: kron, pi"):
+    with pytest.raises(ConfigError, match="damping_mode='exact'; allowed: kron, pi"):
         KFAC(TinyMLP(), damping_mode="exact")
-    with pytest.raises(ValueError, match="momentum=1.0"):
+    with pytest.raises(ConfigError, match="momentum=1.0"):
         KFAC(TinyMLP(), momentum=1.0)
 
 

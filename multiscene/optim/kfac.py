@@ -33,6 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from multiscene.config import ConfigError
+
 DAMPING_MODES = ("kron", "pi")
 
 
@@ -206,11 +208,11 @@ class KFAC(torch.optim.Optimizer):
             ("inverse_every", inverse_every, isinstance(inverse_every, int) and inverse_every >= 1),
         ):
             if not ok:
-                raise ValueError(
+                raise ConfigError(
                     f"KFAC: {name}={value!r} is out of range (see the KFAC docstring for allowed values)"
                 )
         if damping_mode not in DAMPING_MODES:
-            raise ValueError(f"KFAC: damping_mode={damping_mode!r}; allowed: {', '.join(DAMPING_MODES)}")
+            raise ConfigError(f"KFAC: damping_mode={damping_mode!r}; allowed: {', '.join(DAMPING_MODES)}")
         defaults = dict(
             lr=lr,
             momentum=momentum,
