@@ -16,7 +16,7 @@ from torch import nn
 
 from multiscene.config import ConfigError
 from multiscene.optim import KFAC
-from multiscene.optim.kfac import gradient_matrix, symmetric_eigh
+from multiscene.optim.kfac import damped_inverse, gradient_matrix, symmetric_eigh
 
 torch.set_num_threads(1)
 DTYPE = torch.float64
@@ -305,10 +305,11 @@ def test_uncovered_lstm_and_layernorm_take_plain_sgd_momentum_at_the_same_rate()
 # ---- exact resume -----------------------------------------------------------------------------------------------
 
 
-def test_state_dict_round_trip_gives_identical_next_steps() -> None:
+@pytest.mark.parametrize("mode", ["kron", "pi"])
+def test_state_dict_round_trip_gives_identical_next_steps(mode: str) -> None:
     torch.manual_seed(8)
     model = TinyConvNet().to(DTYPE)
-    opt = KFAC(model, stat_decay=0.9, inverse_every=2, stats_every=2, damping_mode="pi")
+    opt = KFAC(model, stat_decay=0.9, inverse_every=2, stats_every=2, damping_mode=mode)
     gen = torch.Generator().manual_seed(9)
     batches = [
         (torch.randn(4, 2, 6, 6, dtype=DTYPE, generator=gen), torch.randint(0, 2, (4,), generator=gen))
@@ -415,6 +416,20 @@ def test_eigendecomposition_falls_back_when_lapack_fails(monkeypatch: pytest.Mon
     assert eigenvalues.dtype == basis.dtype == torch.float32
     torch.testing.assert_close(basis @ torch.diag(eigenvalues) @ basis.T, matrix, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(eigenvalues, real_eigh(matrix.double())[0].float(), rtol=1e-4, atol=1e-5)
+
+
+def test_damped_inverse_by_cholesky_and_by_the_eigen_fallback(monkeypatch: pytest.MonkeyPatch) -> None:
+    torch.manual_seed(17)
+    rows = torch.randn(3, 6, dtype=DTYPE)
+    factor = rows.T @ rows / 3  # singular: only the shift makes it invertible
+    expected = torch.linalg.inv(factor + 0.05 * torch.eye(6, dtype=DTYPE))
+    torch.testing.assert_close(damped_inverse(factor, torch.tensor(0.05, dtype=DTYPE)), expected)
+
+    def failing_cholesky(m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.zeros_like(m), torch.tensor(1)
+
+    monkeypatch.setattr(torch.linalg, "cholesky_ex", failing_cholesky)
+    torch.testing.assert_close(damped_inverse(factor, torch.tensor(0.05, dtype=DTYPE)), expected)
 
 
 # ---- schedule and misuse ----------------------------------------------------------------------------------------
