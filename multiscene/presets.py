@@ -217,6 +217,17 @@ def gym_classic() -> TrainConfig:
     )
 
 
+def a2c_gym() -> TrainConfig:
+    """A2C on any other Gymnasium id: the gym agent, 8 envs x 20 steps (n-step 20), RMSprop 7e-4 annealed."""
+    return replace(gym_classic(), preset="a2c-gym", algo="a2c", num_envs=8, num_steps=20, learning_rate=7e-4,
+                   num_minibatches=1, minibatch_by="env", update_epochs=1, norm_adv=False)
+
+
+def acktr_gym() -> TrainConfig:
+    """ACKTR on any other Gymnasium id: the a2c-gym settings with K-FAC at lr 0.25 (the ACKTR paper's)."""
+    return replace(a2c_gym(), preset="acktr-gym", algo="acktr", learning_rate=0.25)
+
+
 PRESETS: dict[str, Callable[[], TrainConfig]] = {
     "quickstart": quickstart,
     "minigrid": minigrid,
@@ -230,6 +241,8 @@ PRESETS: dict[str, Callable[[], TrainConfig]] = {
     "a2c-mujoco": a2c_mujoco,
     "acktr-mujoco": acktr_mujoco,
     "gym": gym_classic,
+    "a2c-gym": a2c_gym,
+    "acktr-gym": acktr_gym,
 }
 for _game in CLASS1_GAMES + CLASS2_GAMES:
     for _method in ("rl2", "dve", "sparse-dve"):
@@ -264,6 +277,8 @@ def default_preset(env_id: str | None, algo: str | None) -> str:
     algo = algo or "ppo"
     if f"{algo}-{family}" in PRESETS:
         return f"{algo}-{family}"
+    if family == "gym" and algo == "ppo":
+        return "gym"
     return {"procgen": "procgen-easy", "minigrid": "minigrid", "atari": "ppo-atari", "mujoco": "ppo-mujoco",
             "gym": "gym"}[family]
 

@@ -106,6 +106,10 @@ class A2C(OnPolicyAlgorithm):
     ) -> None:
         """Hook between the loss and its backward pass (ACKTR records its Fisher statistics here)."""
 
+    def step_metrics(self, optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+        """What the optimizer's step reports (ACKTR: the trust-region scale)."""
+        return {}
+
     def update(
         self,
         agent: Agent,
@@ -136,5 +140,6 @@ class A2C(OnPolicyAlgorithm):
             return UpdateResult({}, skipped=True, bad_term=bad)
         optimizer.step()
         metrics["losses/grad_norm"] = grad_norm.detach()
+        metrics.update(self.step_metrics(optimizer))
         metrics.update(critic_diagnostics(agent, critic_out, inputs.first))
         return UpdateResult({k: float(v) for k, v in metrics.items()}, skipped=False, bad_term=None)

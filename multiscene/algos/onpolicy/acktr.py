@@ -8,7 +8,8 @@ from the current policy, plus for the critic ``-vf_fisher_coef * mean((V - sg(V 
 back-propagated and K-FAC preconditions the gradient of every Linear and Conv2d layer; layers it does not cover
 (the LSTM, layer norms, the Gaussian log-std) take a plain SGD-with-momentum step at the same rate.
 
-Defaults, checked against openai/baselines ``acktr/acktr.py`` (Model) and its K-FAC settings: lr 0.25 (the
+K-FAC's momentum follows baselines' convention (``p -= lr * (1 - m) * buf``), so lr 0.25 means what it means
+there (docs/kfac.md). Defaults, checked against openai/baselines ``acktr/acktr.py`` (Model) and its K-FAC settings: lr 0.25 (the
 ``acktr-*`` presets' ``--learning-rate``), momentum 0.9, damping 0.01, KL clip 0.001, statistics decay 0.99,
 entropy 0.01, value coefficient 0.5, Fisher value coefficient 1.0, gradient clip 0.5, n = 20 steps.
 """
@@ -90,3 +91,7 @@ class ACKTR(A2C):
         with optimizer.record_stats():  # type: ignore[attr-defined]
             (pg_fisher + vf_fisher).backward(retain_graph=True)
         metrics["losses/fisher_loss"] = (pg_fisher + vf_fisher).detach()
+
+    def step_metrics(self, optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+        nu = getattr(optimizer, "last_nu", None)
+        return {} if nu is None else {"losses/kfac_nu": nu.detach()}
