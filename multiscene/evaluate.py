@@ -6,7 +6,9 @@ Writes ``eval/<tag>.json``::
                "deterministic": {same statistics for the argmax policy}},
      "test": {...}, "random_policy_test": {...} (final only), "global_step": ..., "reward_scale": ...}
 
-The top-level statistics of each split are those of the sampled policy (Procgen's usual protocol). For the
+The top-level statistics of each split are those of the sampled policy (Procgen's usual protocol). A pass
+stopped by the final evaluation's step cap (``--final-eval-steps``; issue 15) has ``"capped": true`` and counts
+only the episodes that finished; the top level then holds ``"step_cap"``. For the
 final evaluation it also writes ``eval/final_steps_<split>.npz``: one row per recorded step of the sampled-policy
 episodes (episode, t, level_seed, action, reward, value per head, DVE alpha, core latent, agent position, done),
 and ``eval/final_frames_<split>.npz`` with rendered frames of the first few episodes. The report (issue #4)
@@ -16,6 +18,9 @@ reads only these files.
 from __future__ import annotations
 
 import json
+import sys
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +37,65 @@ from multiscene.rundir import atomic_write_json
 FRAME_EPISODES = 4
 """Episodes per split whose rendered frames are kept (filmstrips, trajectories, videos)."""
 MAX_FRAMES_PER_EPISODE = 400
+MIN_CAP_STEPS_PER_ENV = 32
+"""The final evaluation's default step cap is never below this many steps per eval env (a short episode on
+each env still finishes in a tiny run)."""
+
+
+def final_eval_step_cap(cfg: TrainConfig) -> int | None:
+    """Env steps each pass of the final evaluation may take (None: no cap). ``--final-eval-steps``, or by
+    default a tenth of the training budget (the five passes together take at most half the budget's env
+    steps, each without a backward pass), but at least ``MIN_CAP_STEPS_PER_ENV`` steps per eval env."""
+    if cfg.final_eval_steps is not None:
+        return cfg.final_eval_steps or None
+    return max(cfg.total_timesteps // 10, MIN_CAP_STEPS_PER_ENV * min(cfg.eval_num_envs, cfg.eval_episodes))
+
+
+class EvalProgress:
+    """Episodes done per pass of an evaluation (issue 15, "The first day" 2): a rich bar per pass on a
+    terminal, plain lines otherwise (at most one per ``line_interval_s``, and one as each pass ends), nothing
+    with mode ``none``. Modes as ``--progress``."""
+
+    def __init__(self, tag: str, passes: list[str], episodes: int, mode: str = "auto",
+                 line_interval_s: float = 10.0) -> None:
+        if mode == "auto":
+            mode = "rich" if sys.stdout.isatty() else "plain"
+        self.mode, self.tag, self.episodes, self.line_interval_s = mode, tag, episodes, line_interval_s
+        self._current = ""
+        self._last_line = 0.0
+        self._bar = None
+        self._tasks: dict[str, Any] = {}
+        if mode == "rich":
+            from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+            from rich.progress import Progress as RichProgress
+
+            self._bar = RichProgress(TextColumn(f"[bold]eval {tag}" + " {task.description:<22}"), BarColumn(),
+                                     MofNCompleteColumn(), TextColumn("episodes"), TimeElapsedColumn())
+            self._bar.start()
+            self._tasks = {name: self._bar.add_task(name, total=episodes) for name in passes}
+
+    def start(self, name: str) -> None:
+        self._current = name
+        self._last_line = time.monotonic()
+
+    def episodes_done(self, done: int) -> None:
+        if self._bar is not None:
+            self._bar.update(self._tasks[self._current], completed=done)
+        elif self.mode == "plain" and time.monotonic() - self._last_line >= self.line_interval_s:
+            self._last_line = time.monotonic()
+            print(f"[multiscene] eval {self.tag}: {self._current} {done}/{self.episodes} episodes", flush=True)
+
+    def finish(self, done: int, capped_at: int | None) -> None:
+        note = f" (stopped at the cap of {capped_at} env steps)" if capped_at is not None else ""
+        if self._bar is not None:
+            self._bar.update(self._tasks[self._current], completed=done,
+                             description=self._current + (" (capped)" if capped_at is not None else ""))
+        elif self.mode == "plain":
+            print(f"[multiscene] eval {self.tag}: {self._current} {done}/{self.episodes} episodes{note}", flush=True)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
 
 
 @dataclass
@@ -49,10 +113,20 @@ class EpisodeRecorder:
         return {k: np.concatenate(v) if v else np.zeros(0) for k, v in self.columns.items()}
 
 
+    def keep_episodes(self, ids: set[int]) -> None:
+        """Drop the rows and frames of episodes not in ``ids`` (those a step cap cut off)."""
+        if "episode" in self.columns:
+            keep = [np.isin(e, list(ids)) for e in self.columns["episode"]]
+            self.columns = {k: [v[m] for v, m in zip(vs, keep)] for k, vs in self.columns.items()}
+        self.frames = {i: f for i, f in self.frames.items() if i in ids}
+
+
 @dataclass
 class EpisodeResult:
     episodes: list[EpisodeStats]
     recorder: EpisodeRecorder | None
+    capped: bool = False
+    """True when ``max_steps`` stopped the run before every env finished its quota."""
 
 
 @torch.no_grad()
@@ -66,12 +140,17 @@ def run_episodes(
     record: bool = False,
     frame_episodes: int = 0,
     random_policy: bool = False,
+    max_steps: int | None = None,
+    on_episode: Callable[[int], None] | None = None,
 ) -> EpisodeResult:
     """Run exactly ``num_episodes`` episodes, each env owning a fixed quota (no bias towards short episodes).
 
     With ``record``, every step of the counted episodes is kept; frames are kept for episodes whose index
     (in order of env, then quota slot) is below ``frame_episodes``. With ``random_policy``, actions are uniform
-    (the baseline a trained agent must beat) and nothing is recorded.
+    (the baseline a trained agent must beat) and nothing is recorded. With ``max_steps``, stepping stops before
+    the env steps (``num_envs`` per batched step) would pass it: only finished episodes count, and the recorder
+    keeps only theirs (``capped`` is then set). ``on_episode(n)`` is called with the count of counted episodes
+    whenever it grows.
     """
     B = envs.num_envs
     quota = np.full(B, num_episodes // B)
@@ -88,14 +167,29 @@ def run_episodes(
     state = agent.initial_state(B, device)
     episodes: list[EpisodeStats] = []
     recorder = EpisodeRecorder() if record else None
+    finished_ids: set[int] = set()
+    steps = 0
+
+    def count(result_episodes: list[EpisodeStats]) -> None:
+        before = len(episodes)
+        for ep in result_episodes:
+            i = ep.env_index
+            if done_count[i] < quota[i]:
+                episodes.append(ep)
+                finished_ids.add(int(slot_offset[i] + done_count[i]))
+            done_count[i] += 1
+        if on_episode is not None and len(episodes) > before:
+            on_episode(len(episodes))
+
+    capped = False
     while (done_count < quota).any():
+        if max_steps is not None and steps + B > max_steps:
+            capped = True
+            break
+        steps += B
         if random_policy:
             action = random_actions(envs, B, generator)
-            result = envs.step(action.numpy())
-            for ep in result.episodes:
-                if done_count[ep.env_index] < quota[ep.env_index]:
-                    episodes.append(ep)
-                done_count[ep.env_index] += 1
+            count(envs.step(action.numpy()).episodes)
             continue
         out = agent(obs.to(device)[None], first.to(device)[None], prev_action.to(device)[None],
                     prev_reward.to(device)[None], state)
@@ -138,18 +232,16 @@ def run_episodes(
             if positions is not None:
                 row["agent_pos"] = np.asarray(positions)[idx]
             recorder.add(**row)
-        for ep in result.episodes:
-            i = ep.env_index
-            if done_count[i] < quota[i]:
-                episodes.append(ep)
-            done_count[i] += 1
+        count(result.episodes)
         t_in_episode = np.where(result.first, 0, t_in_episode + 1)
         obs = torch.as_tensor(result.obs)
         first = torch.as_tensor(result.first)
         prev_action = torch.where(first[:, None] if continuous else first, 0, action)
         prev_reward = torch.where(first, 0.0, torch.as_tensor(result.reward, dtype=torch.float32))
         level = result.level_seed.copy()
-    return EpisodeResult(episodes, recorder)
+    if capped and recorder is not None:
+        recorder.keep_episodes(finished_ids)
+    return EpisodeResult(episodes, recorder, capped)
 
 
 def random_actions(envs: VecEnv, num: int, generator: torch.Generator) -> torch.Tensor:
@@ -201,9 +293,14 @@ def evaluate_run_splits(
     reward_scale: float = 1.0,
     global_step: int | None = None,
     num_episodes: int | None = None,
+    max_steps: int | None = None,
+    progress: str | None = None,
 ) -> dict[str, Any]:
     """Evaluate on train and test levels (sampled and deterministic); write eval/<tag>.json and, for the
-    final evaluation, the per-step and frame files."""
+    final evaluation, the per-step and frame files.
+
+    ``max_steps`` caps the env steps of each pass (the final evaluation's ``final_eval_step_cap``); progress
+    (episodes done per pass) is shown per ``progress`` (default: the run's ``--progress``)."""
     from multiscene.trainer import env_spec
 
     n = num_episodes or cfg.eval_episodes
@@ -211,6 +308,12 @@ def evaluate_run_splits(
     eval_dir = run_dir / "eval"
     eval_dir.mkdir(parents=True, exist_ok=True)
     summary: dict[str, Any] = {"global_step": global_step, "reward_scale": reward_scale, "gamma": cfg.gamma}
+    if max_steps is not None:
+        summary["step_cap"] = max_steps
+    passes = [f"{split}/{mode}" for split in ("train", "test") for mode in ("sampled", "deterministic")]
+    if record:
+        passes.append("test/random-policy")
+    bar = EvalProgress(tag, passes, n, progress or cfg.progress)
     was_training = agent.training
     agent.eval()
     try:
@@ -218,30 +321,41 @@ def evaluate_run_splits(
             stats: dict[str, Any] = {}
             for deterministic in (False, True):
                 envs = make_env(env_spec(cfg, split, min(cfg.eval_num_envs, n), seed_offset=101 + int(deterministic)))
+                bar.start(f"{split}/{'deterministic' if deterministic else 'sampled'}")
                 try:
                     gen = torch.Generator().manual_seed(cfg.seed * 7 + int(deterministic))
                     res = run_episodes(agent, envs, n, deterministic, device, gen,
                                        record=record and not deterministic,
-                                       frame_episodes=FRAME_EPISODES if record else 0)
+                                       frame_episodes=FRAME_EPISODES if record else 0,
+                                       max_steps=max_steps, on_episode=bar.episodes_done)
                 finally:
                     envs.close()
+                bar.finish(len(res.episodes), max_steps if res.capped else None)
+                result_stats = summarize(res.episodes)
+                if max_steps is not None:
+                    result_stats["capped"] = res.capped
                 if deterministic:
-                    stats["deterministic"] = summarize(res.episodes)
+                    stats["deterministic"] = result_stats
                 else:
-                    stats.update(summarize(res.episodes))
+                    stats.update(result_stats)
                 if res.recorder is not None:
                     _write_steps(eval_dir, split, res.recorder, reward_scale, cfg.gamma)
             summary[split] = stats
         if record:
             # The uniform-random policy on the same test levels: the floor a trained agent must clear.
             envs = make_env(env_spec(cfg, "test", min(cfg.eval_num_envs, n), seed_offset=101))
+            bar.start("test/random-policy")
             try:
                 res = run_episodes(agent, envs, n, False, device, torch.Generator().manual_seed(cfg.seed),
-                                   random_policy=True)
+                                   random_policy=True, max_steps=max_steps, on_episode=bar.episodes_done)
             finally:
                 envs.close()
+            bar.finish(len(res.episodes), max_steps if res.capped else None)
             summary["random_policy_test"] = {k: v for k, v in summarize(res.episodes).items() if k != "per_level"}
+            if max_steps is not None:
+                summary["random_policy_test"]["capped"] = res.capped
     finally:
+        bar.close()
         agent.train(was_training)
     atomic_write_json(eval_dir / f"{tag}.json", summary)
     return summary

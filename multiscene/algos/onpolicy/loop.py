@@ -121,7 +121,7 @@ def train(cfg: TrainConfig, algo: OnPolicyAlgorithm) -> Path:
 
 
 def _train(cfg: TrainConfig, algo: OnPolicyAlgorithm, ctx: dist.DistContext, device: torch.device) -> Path:
-    from multiscene.evaluate import evaluate_run_splits
+    from multiscene.evaluate import evaluate_run_splits, final_eval_step_cap
 
     if ctx.enabled:
         if cfg.algo in NOT_DATA_PARALLEL:
@@ -321,10 +321,18 @@ def _train(cfg: TrainConfig, algo: OnPolicyAlgorithm, ctx: dist.DistContext, dev
 
     if not cfg.final_eval or not ctx.is_main:
         return run_dir
+    cap = final_eval_step_cap(cfg)
     summary = evaluate_run_splits(
         agent, cfg, device, tag="final", run_dir=run_dir, reward_scale=collector.normalizer.scale,
-        global_step=global_step,
+        global_step=global_step, max_steps=cap,
     )
+    capped = [split for split, stats in summary.items() if isinstance(stats, dict)
+              and (stats.get("capped") or stats.get("deterministic", {}).get("capped"))]
+    if capped:
+        progress.message(
+            f"final evaluation capped at {cap} env steps per pass (--final-eval-steps) in {', '.join(capped)}; "
+            f"`multiscene eval {run_dir} --episodes {cfg.eval_episodes}` runs the full one"
+        )
     final_logger = MetricsLogger(run_dir, tensorboard=False)
     final_logger.log({"update": update, "global_step": global_step, **eval_record(summary)})
     final_logger.close()
