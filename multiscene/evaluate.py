@@ -53,45 +53,44 @@ def final_eval_step_cap(cfg: TrainConfig) -> int | None:
 
 class EvalProgress:
     """Episodes done per pass of an evaluation (issue 15, "The first day" 2): a rich bar per pass on a
-    terminal, plain lines otherwise (at most one per ``line_interval_s``, and one as each pass ends), nothing
-    with mode ``none``. Modes as ``--progress``."""
+    terminal; otherwise plain lines, at most one per ``line_interval_s`` with every pass's count, and one as
+    each pass ends; nothing with mode ``none``. Modes as ``--progress``."""
 
     def __init__(self, tag: str, passes: list[str], episodes: int, mode: str = "auto",
                  line_interval_s: float = 10.0) -> None:
         if mode == "auto":
             mode = "rich" if sys.stdout.isatty() else "plain"
         self.mode, self.tag, self.episodes, self.line_interval_s = mode, tag, episodes, line_interval_s
-        self._current = ""
-        self._last_line = 0.0
+        self.done = dict.fromkeys(passes, 0)
+        self._last_line = time.monotonic()
         self._bar = None
         self._tasks: dict[str, Any] = {}
         if mode == "rich":
             from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
             from rich.progress import Progress as RichProgress
 
-            self._bar = RichProgress(TextColumn(f"[bold]eval {tag}" + " {task.description:<22}"), BarColumn(),
+            self._bar = RichProgress(TextColumn(f"[bold]eval {tag}" + " {task.description:<28}"), BarColumn(),
                                      MofNCompleteColumn(), TextColumn("episodes"), TimeElapsedColumn())
             self._bar.start()
             self._tasks = {name: self._bar.add_task(name, total=episodes) for name in passes}
 
-    def start(self, name: str) -> None:
-        self._current = name
-        self._last_line = time.monotonic()
-
-    def episodes_done(self, done: int) -> None:
+    def update(self, name: str, done: int) -> None:
+        self.done[name] = done
         if self._bar is not None:
-            self._bar.update(self._tasks[self._current], completed=done)
+            self._bar.update(self._tasks[name], completed=done)
         elif self.mode == "plain" and time.monotonic() - self._last_line >= self.line_interval_s:
             self._last_line = time.monotonic()
-            print(f"[multiscene] eval {self.tag}: {self._current} {done}/{self.episodes} episodes", flush=True)
+            counts = ", ".join(f"{n} {d}/{self.episodes}" for n, d in self.done.items())
+            print(f"[multiscene] eval {self.tag}: {counts} episodes", flush=True)
 
-    def finish(self, done: int, capped_at: int | None) -> None:
-        note = f" (stopped at the cap of {capped_at} env steps)" if capped_at is not None else ""
+    def finish(self, name: str, done: int, capped_at: int | None) -> None:
+        self.done[name] = done
         if self._bar is not None:
-            self._bar.update(self._tasks[self._current], completed=done,
-                             description=self._current + (" (capped)" if capped_at is not None else ""))
+            self._bar.update(self._tasks[name], completed=done,
+                             description=name + (" (capped)" if capped_at is not None else ""))
         elif self.mode == "plain":
-            print(f"[multiscene] eval {self.tag}: {self._current} {done}/{self.episodes} episodes{note}", flush=True)
+            note = f" (stopped at the cap of {capped_at} env steps)" if capped_at is not None else ""
+            print(f"[multiscene] eval {self.tag}: {name} {done}/{self.episodes} episodes{note}", flush=True)
 
     def close(self) -> None:
         if self._bar is not None:
@@ -129,7 +128,189 @@ class EpisodeResult:
     """True when ``max_steps`` stopped the run before every env finished its quota."""
 
 
+@dataclass
+class EvalPass:
+    """One pass of an evaluation: ``num_episodes`` episodes on ``envs`` with one policy."""
+
+    name: str
+    """Shown by the progress display, e.g. ``test/deterministic``."""
+    envs: VecEnv
+    num_episodes: int
+    deterministic: bool = False
+    """Argmax (mode) actions instead of sampled ones."""
+    generator: torch.Generator = field(default_factory=torch.Generator)
+    """Draws this pass's sampled (or random) actions, so passes run together draw what they would alone."""
+    record: bool = False
+    """Keep every step of the counted episodes (and frames of the first ``frame_episodes``)."""
+    frame_episodes: int = 0
+    random_policy: bool = False
+    """Uniform random actions (the floor a trained agent must beat); nothing recorded."""
+
+
+class _Lane:
+    """The running state of one pass inside ``run_passes``."""
+
+    def __init__(self, spec: EvalPass, agent: Agent, device: torch.device) -> None:
+        self.spec = spec
+        B = self.num_envs = spec.envs.num_envs
+        self.quota = np.full(B, spec.num_episodes // B)
+        self.quota[: spec.num_episodes % B] += 1
+        self.slot_offset = np.concatenate([[0], np.cumsum(self.quota)[:-1]])
+        self.done_count = np.zeros(B, dtype=np.int64)
+        self.t_in_episode = np.zeros(B, dtype=np.int64)
+        step = spec.envs.reset()
+        self.obs, self.first = torch.as_tensor(step.obs), torch.ones(B, dtype=torch.bool)
+        self.level = step.level_seed.copy()
+        self.prev_action = (torch.zeros(B, spec.envs.num_actions) if agent.continuous
+                            else torch.zeros(B, dtype=torch.long))
+        self.prev_reward = torch.zeros(B)
+        self.state = agent.initial_state(B, device)
+        self.episodes: list[EpisodeStats] = []
+        self.recorder = EpisodeRecorder() if spec.record else None
+        self.finished_ids: set[int] = set()
+        self.steps = 0
+        self.capped = False
+        self._kept = False
+
+    def running(self, max_steps: int | None) -> bool:
+        if not (self.done_count < self.quota).any():
+            return False
+        if max_steps is not None and self.steps + self.num_envs > max_steps:
+            self.capped = True
+            return False
+        return True
+
+    def count(self, finished: list[EpisodeStats]) -> bool:
+        """Count the episodes that ended (each env's first ``quota`` only); True when the count grew."""
+        before = len(self.episodes)
+        for ep in finished:
+            i = ep.env_index
+            if self.done_count[i] < self.quota[i]:
+                self.episodes.append(ep)
+                self.finished_ids.add(int(self.slot_offset[i] + self.done_count[i]))
+            self.done_count[i] += 1
+        return len(self.episodes) > before
+
+    def result(self) -> EpisodeResult:
+        if self.capped and self.recorder is not None and not self._kept:
+            self.recorder.keep_episodes(self.finished_ids)
+            self._kept = True
+        return EpisodeResult(self.episodes, self.recorder, self.capped)
+
+
 @torch.no_grad()
+def run_passes(
+    agent: Agent,
+    passes: list[EvalPass],
+    device: torch.device,
+    max_steps: int | None = None,
+    on_episode: Callable[[str, int], None] | None = None,
+    on_finish: Callable[[str, EpisodeResult], None] | None = None,
+) -> list[EpisodeResult]:
+    """Run several evaluation passes side by side, one batched forward of the agent per step for all their
+    envs (issue 15: fewer, larger forwards; measured in docs/distributed.md), each env owning a fixed quota of
+    its pass's episodes (no bias towards short episodes).
+
+    With ``record``, every step of the counted episodes is kept; frames are kept for episodes whose index
+    (in order of env, then quota slot) is below ``frame_episodes``. With ``max_steps``, a pass stops before its
+    env steps (``num_envs`` per step) would pass it: only finished episodes count, the recorder keeps only
+    theirs, and its result is ``capped``. ``on_episode(name, n)`` gets a pass's count of counted episodes
+    whenever it grows, ``on_finish(name, result)`` its result as it ends. A pass run alone gives what it gives side by side, up to the float rounding of a
+    larger batch.
+    """
+    lanes = [_Lane(spec, agent, device) for spec in passes]
+    continuous = agent.continuous
+    live = lanes
+    while True:
+        still = [lane for lane in live if lane.running(max_steps)]
+        if on_finish is not None:
+            for lane in live:
+                if lane not in still:
+                    on_finish(lane.spec.name, lane.result())
+        live = still
+        if not live:
+            break
+        acting = [lane for lane in live if not lane.spec.random_policy]
+        outputs: dict[int, tuple[Any, ...]] = {}
+        if acting:
+            out = agent(
+                torch.cat([lane.obs for lane in acting]).to(device)[None],
+                torch.cat([lane.first for lane in acting]).to(device)[None],
+                torch.cat([lane.prev_action for lane in acting]).to(device)[None],
+                torch.cat([lane.prev_reward for lane in acting]).to(device)[None],
+                tuple(torch.cat(parts, dim=1) for parts in zip(*(lane.state for lane in acting))),
+            )
+            offset = 0
+            for lane in acting:
+                cut = slice(offset, offset + lane.num_envs)
+                offset += lane.num_envs
+                outputs[id(lane)] = (
+                    out.logits[0, cut].float(), out.values[0, cut].float(),
+                    {k: v[0, cut] for k, v in out.extras.items()}, tuple(s[:, cut] for s in out.state),
+                )
+        for lane in live:
+            lane.steps += lane.num_envs
+            grew = _step_lane(lane, agent, continuous, outputs.get(id(lane)), device)
+            if grew and on_episode is not None:
+                on_episode(lane.spec.name, len(lane.episodes))
+    return [lane.result() for lane in lanes]
+
+
+def _step_lane(lane: _Lane, agent: Agent, continuous: bool, output: tuple[Any, ...] | None,
+               device: torch.device) -> bool:
+    """One env step of one pass, given its slice of the batched forward (None: a random-policy pass)."""
+    spec, envs, B = lane.spec, lane.spec.envs, lane.num_envs
+    if output is None:
+        return lane.count(envs.step(random_actions(envs, B, spec.generator).numpy()).episodes)
+    logits, values, extras, lane.state = output
+    if spec.deterministic:
+        action = agent.distribution(logits).mode()
+    elif continuous:
+        noise = torch.randn(logits.shape, generator=spec.generator).to(logits.device)
+        action = logits + agent.log_std.exp() * noise
+    else:
+        probs = torch.softmax(logits, dim=-1)
+        action = torch.multinomial(probs.cpu(), 1, generator=spec.generator).squeeze(-1).to(logits.device)
+    action = action.cpu()
+    active = lane.done_count < lane.quota
+    episode_id = lane.slot_offset + np.minimum(lane.done_count, np.maximum(lane.quota - 1, 0))
+    recorder = lane.recorder
+    if recorder is not None:
+        frames_wanted = active & (episode_id < spec.frame_episodes) & (lane.t_in_episode < MAX_FRAMES_PER_EPISODE)
+        if frames_wanted.any():
+            rendered = envs.render()
+            for i in np.flatnonzero(frames_wanted):
+                recorder.frames.setdefault(int(episode_id[i]), []).append(rendered[i].copy())
+        positions = envs.agent_positions()
+    result = envs.step(action.numpy())
+    if recorder is not None and active.any():
+        idx = np.flatnonzero(active)
+        row: dict[str, np.ndarray] = {
+            "episode": episode_id[idx],
+            "t": lane.t_in_episode[idx],
+            "level_seed": lane.level[idx],
+            "action": action.numpy()[idx],
+            "reward": result.reward[idx].astype(np.float32),
+            "done": result.first[idx],
+            "value": values.cpu().numpy()[idx],
+            "core_out": extras["core_out"].float().cpu().numpy()[idx].astype(np.float16),
+        }
+        if "alpha" in extras:
+            row["alpha"] = extras["alpha"].float().cpu().numpy()[idx]
+            row["cluster_values"] = extras["cluster_values"].float().cpu().numpy()[idx]
+        if positions is not None:
+            row["agent_pos"] = np.asarray(positions)[idx]
+        recorder.add(**row)
+    grew = lane.count(result.episodes)
+    lane.t_in_episode = np.where(result.first, 0, lane.t_in_episode + 1)
+    lane.obs = torch.as_tensor(result.obs)
+    lane.first = torch.as_tensor(result.first)
+    lane.prev_action = torch.where(lane.first[:, None] if continuous else lane.first, 0, action)
+    lane.prev_reward = torch.where(lane.first, 0.0, torch.as_tensor(result.reward, dtype=torch.float32))
+    lane.level = result.level_seed.copy()
+    return grew
+
+
 def run_episodes(
     agent: Agent,
     envs: VecEnv,
@@ -143,105 +324,10 @@ def run_episodes(
     max_steps: int | None = None,
     on_episode: Callable[[int], None] | None = None,
 ) -> EpisodeResult:
-    """Run exactly ``num_episodes`` episodes, each env owning a fixed quota (no bias towards short episodes).
-
-    With ``record``, every step of the counted episodes is kept; frames are kept for episodes whose index
-    (in order of env, then quota slot) is below ``frame_episodes``. With ``random_policy``, actions are uniform
-    (the baseline a trained agent must beat) and nothing is recorded. With ``max_steps``, stepping stops before
-    the env steps (``num_envs`` per batched step) would pass it: only finished episodes count, and the recorder
-    keeps only theirs (``capped`` is then set). ``on_episode(n)`` is called with the count of counted episodes
-    whenever it grows.
-    """
-    B = envs.num_envs
-    quota = np.full(B, num_episodes // B)
-    quota[: num_episodes % B] += 1
-    slot_offset = np.concatenate([[0], np.cumsum(quota)[:-1]])
-    done_count = np.zeros(B, dtype=np.int64)
-    t_in_episode = np.zeros(B, dtype=np.int64)
-    step = envs.reset()
-    obs, first = torch.as_tensor(step.obs), torch.ones(B, dtype=torch.bool)
-    level = step.level_seed.copy()
-    continuous = agent.continuous
-    prev_action = torch.zeros(B, envs.num_actions) if continuous else torch.zeros(B, dtype=torch.long)
-    prev_reward = torch.zeros(B)
-    state = agent.initial_state(B, device)
-    episodes: list[EpisodeStats] = []
-    recorder = EpisodeRecorder() if record else None
-    finished_ids: set[int] = set()
-    steps = 0
-
-    def count(result_episodes: list[EpisodeStats]) -> None:
-        before = len(episodes)
-        for ep in result_episodes:
-            i = ep.env_index
-            if done_count[i] < quota[i]:
-                episodes.append(ep)
-                finished_ids.add(int(slot_offset[i] + done_count[i]))
-            done_count[i] += 1
-        if on_episode is not None and len(episodes) > before:
-            on_episode(len(episodes))
-
-    capped = False
-    while (done_count < quota).any():
-        if max_steps is not None and steps + B > max_steps:
-            capped = True
-            break
-        steps += B
-        if random_policy:
-            action = random_actions(envs, B, generator)
-            count(envs.step(action.numpy()).episodes)
-            continue
-        out = agent(obs.to(device)[None], first.to(device)[None], prev_action.to(device)[None],
-                    prev_reward.to(device)[None], state)
-        state = out.state
-        logits = out.logits[0].float()
-        if deterministic:
-            action = agent.distribution(logits).mode()
-        elif continuous:
-            noise = torch.randn(logits.shape, generator=generator).to(logits.device)
-            action = logits + agent.log_std.exp() * noise
-        else:
-            probs = torch.softmax(logits, dim=-1)
-            action = torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(-1).to(logits.device)
-        action = action.cpu()
-        active = done_count < quota
-        episode_id = slot_offset + np.minimum(done_count, np.maximum(quota - 1, 0))
-        if recorder is not None:
-            frames_wanted = active & (episode_id < frame_episodes) & (t_in_episode < MAX_FRAMES_PER_EPISODE)
-            if frames_wanted.any():
-                rendered = envs.render()
-                for i in np.flatnonzero(frames_wanted):
-                    recorder.frames.setdefault(int(episode_id[i]), []).append(rendered[i].copy())
-            positions = envs.agent_positions()
-        result = envs.step(action.numpy())
-        if recorder is not None and active.any():
-            idx = np.flatnonzero(active)
-            row: dict[str, np.ndarray] = {
-                "episode": episode_id[idx],
-                "t": t_in_episode[idx],
-                "level_seed": level[idx],
-                "action": action.numpy()[idx],
-                "reward": result.reward[idx].astype(np.float32),
-                "done": result.first[idx],
-                "value": out.values[0].float().cpu().numpy()[idx],
-                "core_out": out.extras["core_out"][0].float().cpu().numpy()[idx].astype(np.float16),
-            }
-            if "alpha" in out.extras:
-                row["alpha"] = out.extras["alpha"][0].float().cpu().numpy()[idx]
-                row["cluster_values"] = out.extras["cluster_values"][0].float().cpu().numpy()[idx]
-            if positions is not None:
-                row["agent_pos"] = np.asarray(positions)[idx]
-            recorder.add(**row)
-        count(result.episodes)
-        t_in_episode = np.where(result.first, 0, t_in_episode + 1)
-        obs = torch.as_tensor(result.obs)
-        first = torch.as_tensor(result.first)
-        prev_action = torch.where(first[:, None] if continuous else first, 0, action)
-        prev_reward = torch.where(first, 0.0, torch.as_tensor(result.reward, dtype=torch.float32))
-        level = result.level_seed.copy()
-    if capped and recorder is not None:
-        recorder.keep_episodes(finished_ids)
-    return EpisodeResult(episodes, recorder, capped)
+    """Run exactly ``num_episodes`` episodes on ``envs`` (one pass of ``run_passes``, which see)."""
+    spec = EvalPass("episodes", envs, num_episodes, deterministic, generator, record, frame_episodes, random_policy)
+    callback = None if on_episode is None else (lambda _name, n: on_episode(n))
+    return run_passes(agent, [spec], device, max_steps, callback)[0]
 
 
 def random_actions(envs: VecEnv, num: int, generator: torch.Generator) -> torch.Tensor:
@@ -310,53 +396,44 @@ def evaluate_run_splits(
     summary: dict[str, Any] = {"global_step": global_step, "reward_scale": reward_scale, "gamma": cfg.gamma}
     if max_steps is not None:
         summary["step_cap"] = max_steps
-    passes = [f"{split}/{mode}" for split in ("train", "test") for mode in ("sampled", "deterministic")]
+    # Every pass at once (one batched forward per step; docs/distributed.md measures the gain): train and
+    # test levels x sampled and deterministic, and for the final evaluation the random policy's floor.
+    specs = [
+        EvalPass(f"{split}/{'deterministic' if deterministic else 'sampled'}",
+                 make_env(env_spec(cfg, split, min(cfg.eval_num_envs, n), seed_offset=101 + int(deterministic))), n,
+                 deterministic, torch.Generator().manual_seed(cfg.seed * 7 + int(deterministic)),
+                 record=record and not deterministic, frame_episodes=FRAME_EPISODES if record else 0)
+        for split in ("train", "test") for deterministic in (False, True)
+    ]
     if record:
-        passes.append("test/random-policy")
-    bar = EvalProgress(tag, passes, n, progress or cfg.progress)
+        specs.append(EvalPass("test/random-policy",
+                              make_env(env_spec(cfg, "test", min(cfg.eval_num_envs, n), seed_offset=101)), n,
+                              generator=torch.Generator().manual_seed(cfg.seed), random_policy=True))
+    bar = EvalProgress(tag, [spec.name for spec in specs], n, progress or cfg.progress)
     was_training = agent.training
     agent.eval()
     try:
-        for split in ("train", "test"):
-            stats: dict[str, Any] = {}
-            for deterministic in (False, True):
-                envs = make_env(env_spec(cfg, split, min(cfg.eval_num_envs, n), seed_offset=101 + int(deterministic)))
-                bar.start(f"{split}/{'deterministic' if deterministic else 'sampled'}")
-                try:
-                    gen = torch.Generator().manual_seed(cfg.seed * 7 + int(deterministic))
-                    res = run_episodes(agent, envs, n, deterministic, device, gen,
-                                       record=record and not deterministic,
-                                       frame_episodes=FRAME_EPISODES if record else 0,
-                                       max_steps=max_steps, on_episode=bar.episodes_done)
-                finally:
-                    envs.close()
-                bar.finish(len(res.episodes), max_steps if res.capped else None)
-                result_stats = summarize(res.episodes)
-                if max_steps is not None:
-                    result_stats["capped"] = res.capped
-                if deterministic:
-                    stats["deterministic"] = result_stats
-                else:
-                    stats.update(result_stats)
-                if res.recorder is not None:
-                    _write_steps(eval_dir, split, res.recorder, reward_scale, cfg.gamma)
-            summary[split] = stats
-        if record:
-            # The uniform-random policy on the same test levels: the floor a trained agent must clear.
-            envs = make_env(env_spec(cfg, "test", min(cfg.eval_num_envs, n), seed_offset=101))
-            bar.start("test/random-policy")
-            try:
-                res = run_episodes(agent, envs, n, False, device, torch.Generator().manual_seed(cfg.seed),
-                                   random_policy=True, max_steps=max_steps, on_episode=bar.episodes_done)
-            finally:
-                envs.close()
-            bar.finish(len(res.episodes), max_steps if res.capped else None)
-            summary["random_policy_test"] = {k: v for k, v in summarize(res.episodes).items() if k != "per_level"}
-            if max_steps is not None:
-                summary["random_policy_test"]["capped"] = res.capped
+        results = run_passes(
+            agent, specs, device, max_steps, on_episode=bar.update,
+            on_finish=lambda name, res: bar.finish(name, len(res.episodes), max_steps if res.capped else None),
+        )
     finally:
         bar.close()
+        for spec in specs:
+            spec.envs.close()
         agent.train(was_training)
+    for (split, mode), res in zip([tuple(spec.name.split("/")) for spec in specs], results):
+        stats = summarize(res.episodes)
+        if max_steps is not None:
+            stats["capped"] = res.capped
+        if mode == "random-policy":
+            summary["random_policy_test"] = {k: v for k, v in stats.items() if k != "per_level"}
+        elif mode == "deterministic":
+            summary.setdefault(split, {})["deterministic"] = stats
+        else:
+            summary.setdefault(split, {}).update(stats)
+            if res.recorder is not None:
+                _write_steps(eval_dir, split, res.recorder, reward_scale, cfg.gamma)
     atomic_write_json(eval_dir / f"{tag}.json", summary)
     return summary
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 
+import numpy as np
 import pytest
 import torch
 from conftest import tiny_config
@@ -14,10 +15,12 @@ from multiscene.config import ConfigError, replace, validate
 from multiscene.envs import make_env
 from multiscene.evaluate import (
     MIN_CAP_STEPS_PER_ENV,
+    EvalPass,
     EvalProgress,
     evaluate_run_splits,
     final_eval_step_cap,
     run_episodes,
+    run_passes,
 )
 from multiscene.runtime import env_spec, make_agent
 
@@ -88,7 +91,7 @@ def test_final_evaluation_prints_episodes_per_pass_and_marks_a_capped_pass(tmp_p
     out = capsys.readouterr().out
     for name in ("train/sampled", "train/deterministic", "test/sampled", "test/deterministic",
                  "test/random-policy"):
-        last = [line for line in out.splitlines() if f"eval final: {name} " in line][-1]
+        last = [line for line in out.splitlines() if re.match(rf"\[multiscene\] eval final: {name} \d", line)][-1]
         done = int(re.search(r"(\d+)/3 episodes", last).group(1))
         # 2 envs x 8 steps: each env finishes its first (<= 8-step) episode; env 0's second (its quota is 2 of
         # the 3) only if the first ended early.
@@ -108,24 +111,55 @@ def test_final_evaluation_prints_episodes_per_pass_and_marks_a_capped_pass(tmp_p
 
 
 def test_plain_progress_lines_are_rate_limited_and_rich_mode_runs(capsys):
-    bar = EvalProgress("final", ["train/sampled"], 5, mode="plain", line_interval_s=3600.0)
-    bar.start("train/sampled")
+    bar = EvalProgress("final", ["train/sampled", "test/sampled"], 5, mode="plain", line_interval_s=3600.0)
     for done in range(1, 5):
-        bar.episodes_done(done)
-    bar.finish(5, None)
+        bar.update("train/sampled", done)
+    bar.finish("train/sampled", 5, None)
     bar.close()
     assert capsys.readouterr().out.splitlines() == ["[multiscene] eval final: train/sampled 5/5 episodes"]
-    bar = EvalProgress("final", ["train/sampled"], 2, mode="plain", line_interval_s=0.0)
-    bar.start("train/sampled")
-    bar.episodes_done(1)
-    bar.finish(1, 64)
+    bar = EvalProgress("final", ["train/sampled", "test/sampled"], 2, mode="plain", line_interval_s=0.0)
+    bar.update("test/sampled", 1)
+    bar.finish("test/sampled", 1, 64)
     assert capsys.readouterr().out.splitlines() == [
-        "[multiscene] eval final: train/sampled 1/2 episodes",
-        "[multiscene] eval final: train/sampled 1/2 episodes (stopped at the cap of 64 env steps)",
+        "[multiscene] eval final: train/sampled 0/2, test/sampled 1/2 episodes",
+        "[multiscene] eval final: test/sampled 1/2 episodes (stopped at the cap of 64 env steps)",
     ]
     rich_bar = EvalProgress("final", ["train/sampled"], 2, mode="rich")
-    rich_bar.start("train/sampled")
-    rich_bar.episodes_done(2)
-    rich_bar.finish(2, None)
+    rich_bar.update("train/sampled", 2)
+    rich_bar.finish("train/sampled", 2, None)
     rich_bar.close()
     assert "eval final train/sampled" in capsys.readouterr().out
+
+
+def test_passes_run_side_by_side_give_the_episodes_they_give_alone(tmp_path):
+    cfg, agent = _agent_and_cfg(tmp_path)
+
+    def passes() -> list[EvalPass]:
+        return [
+            EvalPass("train/sampled", make_env(env_spec(cfg, "train", 2, seed_offset=101)), 3,
+                     generator=torch.Generator().manual_seed(3), record=True, frame_episodes=1),
+            EvalPass("test/deterministic", make_env(env_spec(cfg, "test", 3, seed_offset=102)), 4,
+                     deterministic=True),
+            EvalPass("test/random-policy", make_env(env_spec(cfg, "test", 2, seed_offset=101)), 2,
+                     generator=torch.Generator().manual_seed(5), random_policy=True),
+        ]
+
+    def episodes(res) -> list[tuple[int, int, int, float]]:
+        return sorted((e.env_index, e.level_seed, e.length, e.episode_return) for e in res.episodes)
+
+    together_specs = passes()
+    together = run_passes(agent, together_specs, torch.device("cpu"))
+    alone = []
+    for spec in passes():
+        alone.append(run_passes(agent, [spec], torch.device("cpu"))[0])
+        spec.envs.close()
+    for spec in together_specs:
+        spec.envs.close()
+    for a, b in zip(together, alone):
+        assert episodes(a) == episodes(b) and len(a.episodes) > 0
+    rows_together, rows_alone = together[0].recorder.arrays(), alone[0].recorder.arrays()
+    assert set(rows_together) == set(rows_alone)
+    for key in ("episode", "t", "level_seed", "action", "done"):
+        assert np.array_equal(rows_together[key], rows_alone[key]), key
+    np.testing.assert_allclose(rows_together["value"], rows_alone["value"], rtol=1e-5, atol=1e-6)
+    assert sorted(together[0].recorder.frames) == sorted(alone[0].recorder.frames) == [0]
