@@ -208,7 +208,7 @@ def run_passes(
     on_finish: Callable[[str, EpisodeResult], None] | None = None,
 ) -> list[EpisodeResult]:
     """Run several evaluation passes side by side, one batched forward of the agent per step for all their
-    envs (issue 15: fewer, larger forwards; measured in docs/distributed.md), each env owning a fixed quota of
+    envs (issue 15: fewer, larger forwards; benchmarks/eval_batching.py measures the gain), each env owning a fixed quota of
     its pass's episodes (no bias towards short episodes).
 
     With ``record``, every step of the counted episodes is kept; frames are kept for episodes whose index
@@ -396,7 +396,7 @@ def evaluate_run_splits(
     summary: dict[str, Any] = {"global_step": global_step, "reward_scale": reward_scale, "gamma": cfg.gamma}
     if max_steps is not None:
         summary["step_cap"] = max_steps
-    # Every pass at once (one batched forward per step; docs/distributed.md measures the gain): train and
+    # Every pass at once (one batched forward per step; benchmarks/eval_batching.py measures the gain): train and
     # test levels x sampled and deterministic, and for the final evaluation the random policy's floor.
     specs = [
         EvalPass(f"{split}/{'deterministic' if deterministic else 'sampled'}",
