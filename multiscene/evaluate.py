@@ -208,15 +208,15 @@ def run_passes(
     on_finish: Callable[[str, EpisodeResult], None] | None = None,
 ) -> list[EpisodeResult]:
     """Run several evaluation passes side by side, one batched forward of the agent per step for all their
-    envs (issue 15: fewer, larger forwards; benchmarks/eval_batching.py measures the gain), each env owning a fixed quota of
-    its pass's episodes (no bias towards short episodes).
+    envs (issue 15: fewer, larger forwards; benchmarks/eval_batching.py measures the gain), each env owning a
+    fixed quota of its pass's episodes (no bias towards short episodes).
 
     With ``record``, every step of the counted episodes is kept; frames are kept for episodes whose index
     (in order of env, then quota slot) is below ``frame_episodes``. With ``max_steps``, a pass stops before its
     env steps (``num_envs`` per step) would pass it: only finished episodes count, the recorder keeps only
     theirs, and its result is ``capped``. ``on_episode(name, n)`` gets a pass's count of counted episodes
-    whenever it grows, ``on_finish(name, result)`` its result as it ends. A pass run alone gives what it gives side by side, up to the float rounding of a
-    larger batch.
+    whenever it grows, ``on_finish(name, result)`` its result as it ends. A pass run alone gives what it gives
+    side by side, up to the float rounding of a larger batch.
     """
     lanes = [_Lane(spec, agent, device) for spec in passes]
     continuous = agent.continuous
@@ -396,8 +396,8 @@ def evaluate_run_splits(
     summary: dict[str, Any] = {"global_step": global_step, "reward_scale": reward_scale, "gamma": cfg.gamma}
     if max_steps is not None:
         summary["step_cap"] = max_steps
-    # Every pass at once (one batched forward per step; benchmarks/eval_batching.py measures the gain): train and
-    # test levels x sampled and deterministic, and for the final evaluation the random policy's floor.
+    # Every pass at once (one batched forward per step; benchmarks/eval_batching.py measures the gain): train
+    # and test levels x sampled and deterministic, and for the final evaluation the random policy's floor.
     specs = [
         EvalPass(f"{split}/{'deterministic' if deterministic else 'sampled'}",
                  make_env(env_spec(cfg, split, min(cfg.eval_num_envs, n), seed_offset=101 + int(deterministic))), n,

@@ -228,7 +228,7 @@ def _train(cfg: TrainConfig, algo: OnPolicyAlgorithm, ctx: dist.DistContext, dev
 
                 # 1. Collect
                 try:
-                    before = normalizer_moments(agent, collector)
+                    before = normalizer_moments(agent, collector) if ctx.enabled else None
                     rollout = collector.collect(agent)
                 except EnvError as e:
                     if ctx.enabled:  # a checkpoint is a collective the other ranks are not in: stop them instead
