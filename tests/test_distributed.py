@@ -22,7 +22,9 @@ import torch.distributed as tdist
 import torch.multiprocessing as mp
 from conftest import tiny_config
 
+from multiscene.algos.onpolicy import loop
 from multiscene.algos.onpolicy.a2c import A2C
+from multiscene.algos.onpolicy.acktr import ACKTR
 from multiscene.algos.onpolicy.base import Advantages, scheduled_terms
 from multiscene.algos.onpolicy.ppo import PPO
 from multiscene.algos.onpolicy.rollout import Rollout, RolloutCollector
@@ -122,10 +124,20 @@ def _rank_worker(rank: int, port: int, payload_path: str, out_path: str) -> None
         norm.update(data[rank])
         merged = distributed.merge_running_moments(norm.mean, norm.var, float(norm.count), before)
         adv_moments = distributed.global_moments(data[rank])
+        # ACKTR is refused under torchrun, by every rank, before anything is written (the loop then leaves
+        # the process group, so this comes last).
+        os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank))
+        try:
+            loop.train(replace(payload["cfg"], algo="acktr"), ACKTR())
+            refusal = None
+        except ConfigError as e:
+            refusal = str(e)
         if rank == 0:
-            torch.save({"results": results, "merged": merged, "adv_moments": adv_moments}, out_path)
+            torch.save({"results": results, "merged": merged, "adv_moments": adv_moments, "refusal": refusal},
+                       out_path)
     finally:
-        tdist.destroy_process_group()
+        if tdist.is_initialized():
+            tdist.destroy_process_group()
 
 
 def test_two_gloo_ranks_make_the_update_of_one_process_on_the_same_global_batch(tmp_path):
@@ -170,6 +182,8 @@ def test_two_gloo_ranks_make_the_update_of_one_process_on_the_same_global_batch(
     mean, var = out["adv_moments"]
     torch.testing.assert_close(mean, data.mean())
     torch.testing.assert_close(var, data.var(unbiased=False))
+    assert out["refusal"].startswith("--algo acktr does not run under torchrun (2 processes): K-FAC")
+    assert not (tmp_path / "unused").exists()
 
 
 # ----------------------------------------------------------------------------------------------------------
