@@ -241,7 +241,7 @@ def _finish(launcher: subprocess.Popen, timeout_s: float) -> tuple[int, str]:
     return launcher.returncode, out
 
 
-@pytest.mark.slow  # three torchrun launches of two processes: ~45 s idle, ~160 s beside other jobs on 2 cores
+@pytest.mark.slow  # three torchrun launches of two processes: 98-161 s measured on 2 cores beside other jobs
 def test_torchrun_sigterm_on_one_rank_checkpoints_all_then_resume_finishes_then_a_killed_rank_ends_the_job(
     tmp_path,
 ):
