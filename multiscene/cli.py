@@ -67,6 +67,13 @@ def parse_train_args(argv: Sequence[str]):  # noqa: ANN201 - returns TrainConfig
 
         if (Path(cfg.run_dir) / CONFIG_FILE).exists():
             cfg = replace(cfg, total_timesteps=load_config(Path(cfg.run_dir)).total_timesteps)
+    if cfg.bootstrap_truncation and "--bootstrap-truncation" not in args:
+        from multiscene.envs import knows_truncation
+
+        if not knows_truncation(cfg.env):
+            # Not asked for: an env that cannot tell time limits apart (Procgen) keeps its papers' treatment.
+            # Asked for explicitly, validate() refuses it with a message (issue 16, "Bad input").
+            cfg = replace(cfg, bootstrap_truncation=False)
     return cfg
 
 
@@ -75,6 +82,10 @@ def cmd_train(argv: Sequence[str]) -> int:
 
     cfg = parse_train_args(argv)
     run_dir = train(cfg)
+    import os
+
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0  # under torchrun, rank 0 alone reports
     final = run_dir / "eval" / "final.json"
     if final.exists():
         import json

@@ -164,6 +164,12 @@ class CommonConfig:
     """Parallel envs for evaluation."""
     final_eval: bool = True
     """Evaluate on train and test levels at the end of training (eval/final.json)."""
+    final_eval_steps: int | None = None
+    """Cap on the env steps of each pass of the final evaluation (train and test x sampled and deterministic,
+    and the random floor); a capped pass counts only the episodes that finished and eval/final.json marks it
+    ``capped``. None: a tenth of --total-timesteps, at least 32 steps per eval env, so a small run's evaluation
+    stays well under its training time (issue 15); 0: no cap. ``multiscene eval RUN --episodes N`` runs the
+    full evaluation later."""
     checkpoint_interval: int = 10
     """Write a checkpoint every this many updates (and always at the end)."""
     keep_checkpoints: int = 3
@@ -345,6 +351,8 @@ def validate(cfg: TrainConfig) -> None:
         from multiscene.logger import require_wandb
 
         require_wandb()
+    if cfg.final_eval_steps is not None and cfg.final_eval_steps < 0:
+        raise ConfigError(f"--final-eval-steps must be >= 0 (0: no cap), got {cfg.final_eval_steps}.")
     if cfg.learning_rate <= 0:
         raise ConfigError(f"--learning-rate must be positive, got {cfg.learning_rate}.")
     if not 0.0 < cfg.gamma <= 1.0 or not 0.0 <= cfg.gae_lambda <= 1.0:

@@ -6,7 +6,9 @@ Writes ``eval/<tag>.json``::
                "deterministic": {same statistics for the argmax policy}},
      "test": {...}, "random_policy_test": {...} (final only), "global_step": ..., "reward_scale": ...}
 
-The top-level statistics of each split are those of the sampled policy (Procgen's usual protocol). For the
+The top-level statistics of each split are those of the sampled policy (Procgen's usual protocol). A pass
+stopped by the final evaluation's step cap (``--final-eval-steps``; issue 15) has ``"capped": true`` and counts
+only the episodes that finished; the top level then holds ``"step_cap"``. For the
 final evaluation it also writes ``eval/final_steps_<split>.npz``: one row per recorded step of the sampled-policy
 episodes (episode, t, level_seed, action, reward, value per head, DVE alpha, core latent, agent position, done),
 and ``eval/final_frames_<split>.npz`` with rendered frames of the first few episodes. The report (issue #4)
@@ -16,6 +18,9 @@ reads only these files.
 from __future__ import annotations
 
 import json
+import sys
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +37,64 @@ from multiscene.rundir import atomic_write_json
 FRAME_EPISODES = 4
 """Episodes per split whose rendered frames are kept (filmstrips, trajectories, videos)."""
 MAX_FRAMES_PER_EPISODE = 400
+MIN_CAP_STEPS_PER_ENV = 32
+"""The final evaluation's default step cap is never below this many steps per eval env (a short episode on
+each env still finishes in a tiny run)."""
+
+
+def final_eval_step_cap(cfg: TrainConfig) -> int | None:
+    """Env steps each pass of the final evaluation may take (None: no cap). ``--final-eval-steps``, or by
+    default a tenth of the training budget (the five passes together take at most half the budget's env
+    steps, each without a backward pass), but at least ``MIN_CAP_STEPS_PER_ENV`` steps per eval env."""
+    if cfg.final_eval_steps is not None:
+        return cfg.final_eval_steps or None
+    return max(cfg.total_timesteps // 10, MIN_CAP_STEPS_PER_ENV * min(cfg.eval_num_envs, cfg.eval_episodes))
+
+
+class EvalProgress:
+    """Episodes done per pass of an evaluation (issue 15, "The first day" 2): a rich bar per pass on a
+    terminal; otherwise plain lines, at most one per ``line_interval_s`` with every pass's count, and one as
+    each pass ends; nothing with mode ``none``. Modes as ``--progress``."""
+
+    def __init__(self, tag: str, passes: list[str], episodes: int, mode: str = "auto",
+                 line_interval_s: float = 10.0) -> None:
+        if mode == "auto":
+            mode = "rich" if sys.stdout.isatty() else "plain"
+        self.mode, self.tag, self.episodes, self.line_interval_s = mode, tag, episodes, line_interval_s
+        self.done = dict.fromkeys(passes, 0)
+        self._last_line = time.monotonic()
+        self._bar = None
+        self._tasks: dict[str, Any] = {}
+        if mode == "rich":
+            from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+            from rich.progress import Progress as RichProgress
+
+            self._bar = RichProgress(TextColumn(f"[bold]eval {tag}" + " {task.description:<28}"), BarColumn(),
+                                     MofNCompleteColumn(), TextColumn("episodes"), TimeElapsedColumn())
+            self._bar.start()
+            self._tasks = {name: self._bar.add_task(name, total=episodes) for name in passes}
+
+    def update(self, name: str, done: int) -> None:
+        self.done[name] = done
+        if self._bar is not None:
+            self._bar.update(self._tasks[name], completed=done)
+        elif self.mode == "plain" and time.monotonic() - self._last_line >= self.line_interval_s:
+            self._last_line = time.monotonic()
+            counts = ", ".join(f"{n} {d}/{self.episodes}" for n, d in self.done.items())
+            print(f"[multiscene] eval {self.tag}: {counts} episodes", flush=True)
+
+    def finish(self, name: str, done: int, capped_at: int | None) -> None:
+        self.done[name] = done
+        if self._bar is not None:
+            self._bar.update(self._tasks[name], completed=done,
+                             description=name + (" (capped)" if capped_at is not None else ""))
+        elif self.mode == "plain":
+            note = f" (stopped at the cap of {capped_at} env steps)" if capped_at is not None else ""
+            print(f"[multiscene] eval {self.tag}: {name} {done}/{self.episodes} episodes{note}", flush=True)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
 
 
 @dataclass
@@ -49,13 +112,216 @@ class EpisodeRecorder:
         return {k: np.concatenate(v) if v else np.zeros(0) for k, v in self.columns.items()}
 
 
+    def keep_episodes(self, ids: set[int]) -> None:
+        """Drop the rows and frames of episodes not in ``ids`` (those a step cap cut off)."""
+        if "episode" in self.columns:
+            keep = [np.isin(e, list(ids)) for e in self.columns["episode"]]
+            self.columns = {k: [v[m] for v, m in zip(vs, keep)] for k, vs in self.columns.items()}
+        self.frames = {i: f for i, f in self.frames.items() if i in ids}
+
+
 @dataclass
 class EpisodeResult:
     episodes: list[EpisodeStats]
     recorder: EpisodeRecorder | None
+    capped: bool = False
+    """True when ``max_steps`` stopped the run before every env finished its quota."""
+
+
+@dataclass
+class EvalPass:
+    """One pass of an evaluation: ``num_episodes`` episodes on ``envs`` with one policy."""
+
+    name: str
+    """Shown by the progress display, e.g. ``test/deterministic``."""
+    envs: VecEnv
+    num_episodes: int
+    deterministic: bool = False
+    """Argmax (mode) actions instead of sampled ones."""
+    generator: torch.Generator = field(default_factory=torch.Generator)
+    """Draws this pass's sampled (or random) actions, so passes run together draw what they would alone."""
+    record: bool = False
+    """Keep every step of the counted episodes (and frames of the first ``frame_episodes``)."""
+    frame_episodes: int = 0
+    random_policy: bool = False
+    """Uniform random actions (the floor a trained agent must beat); nothing recorded."""
+
+
+class _Lane:
+    """The running state of one pass inside ``run_passes``."""
+
+    def __init__(self, spec: EvalPass, agent: Agent, device: torch.device) -> None:
+        self.spec = spec
+        B = self.num_envs = spec.envs.num_envs
+        self.quota = np.full(B, spec.num_episodes // B)
+        self.quota[: spec.num_episodes % B] += 1
+        self.slot_offset = np.concatenate([[0], np.cumsum(self.quota)[:-1]])
+        self.done_count = np.zeros(B, dtype=np.int64)
+        self.t_in_episode = np.zeros(B, dtype=np.int64)
+        step = spec.envs.reset()
+        self.obs, self.first = torch.as_tensor(step.obs), torch.ones(B, dtype=torch.bool)
+        self.level = step.level_seed.copy()
+        self.prev_action = (torch.zeros(B, spec.envs.num_actions) if agent.continuous
+                            else torch.zeros(B, dtype=torch.long))
+        self.prev_reward = torch.zeros(B)
+        self.state = agent.initial_state(B, device)
+        self.episodes: list[EpisodeStats] = []
+        self.recorder = EpisodeRecorder() if spec.record else None
+        self.finished_ids: set[int] = set()
+        self.steps = 0
+        self.capped = False
+        self._kept = False
+
+    def running(self, max_steps: int | None) -> bool:
+        if not (self.done_count < self.quota).any():
+            return False
+        if max_steps is not None and self.steps + self.num_envs > max_steps:
+            self.capped = True
+            return False
+        return True
+
+    def count(self, finished: list[EpisodeStats]) -> bool:
+        """Count the episodes that ended (each env's first ``quota`` only); True when the count grew."""
+        before = len(self.episodes)
+        for ep in finished:
+            i = ep.env_index
+            if self.done_count[i] < self.quota[i]:
+                self.episodes.append(ep)
+                self.finished_ids.add(int(self.slot_offset[i] + self.done_count[i]))
+            self.done_count[i] += 1
+        return len(self.episodes) > before
+
+    def result(self) -> EpisodeResult:
+        if self.capped and self.recorder is not None and not self._kept:
+            self.recorder.keep_episodes(self.finished_ids)
+            self._kept = True
+        return EpisodeResult(self.episodes, self.recorder, self.capped)
 
 
 @torch.no_grad()
+def run_passes(
+    agent: Agent,
+    passes: list[EvalPass],
+    device: torch.device,
+    max_steps: int | None = None,
+    on_episode: Callable[[str, int], None] | None = None,
+    on_finish: Callable[[str, EpisodeResult], None] | None = None,
+) -> list[EpisodeResult]:
+    """Run several evaluation passes side by side, one batched forward of the agent per step for all their
+    envs (issue 15: fewer, larger forwards; benchmarks/eval_batching.py measures the gain), each env owning a
+    fixed quota of its pass's episodes (no bias towards short episodes).
+
+    With ``record``, every step of the counted episodes is kept; frames are kept for episodes whose index
+    (in order of env, then quota slot) is below ``frame_episodes``. With ``max_steps``, a pass stops before its
+    env steps (``num_envs`` per step) would pass it: only finished episodes count, the recorder keeps only
+    theirs, and its result is ``capped``. ``on_episode(name, n)`` gets a pass's count of counted episodes
+    whenever it grows, ``on_finish(name, result)`` its result as it ends. A pass run alone gives what it gives
+    side by side, up to the float rounding of a larger batch.
+    """
+    lanes = [_Lane(spec, agent, device) for spec in passes]
+    continuous = agent.continuous
+    live = lanes
+    while True:
+        still = [lane for lane in live if lane.running(max_steps)]
+        if on_finish is not None:
+            for lane in live:
+                if lane not in still:
+                    on_finish(lane.spec.name, lane.result())
+        live = still
+        if not live:
+            break
+        acting = [lane for lane in live if not lane.spec.random_policy]
+        outputs: dict[int, tuple[Any, ...]] = {}
+        if acting:
+            out = agent(
+                torch.cat([lane.obs for lane in acting]).to(device)[None],
+                torch.cat([lane.first for lane in acting]).to(device)[None],
+                torch.cat([lane.prev_action for lane in acting]).to(device)[None],
+                torch.cat([lane.prev_reward for lane in acting]).to(device)[None],
+                tuple(torch.cat(parts, dim=1) for parts in zip(*(lane.state for lane in acting))),
+            )
+            offset = 0
+            for lane in acting:
+                cut = slice(offset, offset + lane.num_envs)
+                offset += lane.num_envs
+                outputs[id(lane)] = (
+                    out.logits[0, cut].float(), out.values[0, cut].float(),
+                    {k: v[0, cut] for k, v in out.extras.items()}, tuple(s[:, cut] for s in out.state),
+                )
+        for lane in live:
+            lane.steps += lane.num_envs
+            grew = _step_lane(lane, agent, continuous, outputs.get(id(lane)), device)
+            if grew and on_episode is not None:
+                on_episode(lane.spec.name, len(lane.episodes))
+    return [lane.result() for lane in lanes]
+
+
+def _step_lane(lane: _Lane, agent: Agent, continuous: bool, output: tuple[Any, ...] | None,
+               device: torch.device) -> bool:
+    """One env step of one pass, given its slice of the batched forward (None: a random-policy pass)."""
+    spec, envs, B = lane.spec, lane.spec.envs, lane.num_envs
+    if output is None:
+        return lane.count(envs.step(random_actions(envs, B, spec.generator).numpy()).episodes)
+    logits, values, extras, lane.state = output
+    if spec.deterministic:
+        action = agent.distribution(logits).mode()
+    elif continuous:
+        noise = torch.randn(logits.shape, generator=spec.generator).to(logits.device)
+        action = logits + agent.log_std.exp() * noise
+    else:
+        probs = torch.softmax(logits, dim=-1)
+        action = torch.multinomial(probs.cpu(), 1, generator=spec.generator).squeeze(-1).to(logits.device)
+    action = action.cpu()
+    active = lane.done_count < lane.quota
+    episode_id = lane.slot_offset + np.minimum(lane.done_count, np.maximum(lane.quota - 1, 0))
+    recorder = lane.recorder
+    if recorder is not None:
+        frames_wanted = active & (episode_id < spec.frame_episodes) & (lane.t_in_episode < MAX_FRAMES_PER_EPISODE)
+        if frames_wanted.any() and getattr(envs, "supports_render", True):
+            rendered = envs.render()
+            for i in np.flatnonzero(frames_wanted):
+                recorder.frames.setdefault(int(episode_id[i]), []).append(rendered[i].copy())
+        positions = envs.agent_positions()
+    result = envs.step(action.numpy())
+    if recorder is not None and active.any():
+        idx = np.flatnonzero(active)
+        row: dict[str, np.ndarray] = {
+            "episode": episode_id[idx],
+            "t": lane.t_in_episode[idx],
+            "level_seed": lane.level[idx],
+            "action": action.numpy()[idx],
+            "reward": result.reward[idx].astype(np.float32),
+            "done": result.first[idx],
+            "value": values.cpu().numpy()[idx],
+            "core_out": extras["core_out"].float().cpu().numpy()[idx].astype(np.float16),
+        }
+        cut = np.asarray(result.truncated & ~result.terminated)
+        row["truncated"] = cut[idx]
+        final_value = np.full(values.shape, np.nan, dtype=np.float32)
+        if cut[idx].any() and result.final_obs is not None:
+            # The value of the cut episode's last observation: the value-error analysis bootstraps the realized
+            # return from it instead of leaving the episode's last steps out (issue 16).
+            last = agent(torch.as_tensor(result.final_obs).to(device)[None],
+                         torch.zeros(1, B, dtype=torch.bool, device=device), action.to(device)[None],
+                         torch.as_tensor(result.reward, dtype=torch.float32).to(device)[None], lane.state)
+            final_value[cut] = last.values[0].float().cpu().numpy()[cut]
+        row["final_value"] = final_value[idx]
+        if "alpha" in extras:
+            row["alpha"] = extras["alpha"].float().cpu().numpy()[idx]
+            row["cluster_values"] = extras["cluster_values"].float().cpu().numpy()[idx]
+        if positions is not None:
+            row["agent_pos"] = np.asarray(positions)[idx]
+        recorder.add(**row)
+    grew = lane.count(result.episodes)
+    lane.t_in_episode = np.where(result.first, 0, lane.t_in_episode + 1)
+    lane.obs = torch.as_tensor(result.obs)
+    lane.first = torch.as_tensor(result.first)
+    lane.prev_action = torch.where(lane.first[:, None] if continuous else lane.first, 0, action)
+    lane.prev_reward = torch.where(lane.first, 0.0, torch.as_tensor(result.reward, dtype=torch.float32))
+    lane.level = result.level_seed.copy()
+    return grew
+
+
 def run_episodes(
     agent: Agent,
     envs: VecEnv,
@@ -66,104 +332,13 @@ def run_episodes(
     record: bool = False,
     frame_episodes: int = 0,
     random_policy: bool = False,
+    max_steps: int | None = None,
+    on_episode: Callable[[int], None] | None = None,
 ) -> EpisodeResult:
-    """Run exactly ``num_episodes`` episodes, each env owning a fixed quota (no bias towards short episodes).
-
-    With ``record``, every step of the counted episodes is kept; frames are kept for episodes whose index
-    (in order of env, then quota slot) is below ``frame_episodes``. With ``random_policy``, actions are uniform
-    (the baseline a trained agent must beat) and nothing is recorded.
-    """
-    B = envs.num_envs
-    quota = np.full(B, num_episodes // B)
-    quota[: num_episodes % B] += 1
-    slot_offset = np.concatenate([[0], np.cumsum(quota)[:-1]])
-    done_count = np.zeros(B, dtype=np.int64)
-    t_in_episode = np.zeros(B, dtype=np.int64)
-    step = envs.reset()
-    obs, first = torch.as_tensor(step.obs), torch.ones(B, dtype=torch.bool)
-    level = step.level_seed.copy()
-    continuous = agent.continuous
-    prev_action = torch.zeros(B, envs.num_actions) if continuous else torch.zeros(B, dtype=torch.long)
-    prev_reward = torch.zeros(B)
-    state = agent.initial_state(B, device)
-    episodes: list[EpisodeStats] = []
-    recorder = EpisodeRecorder() if record else None
-    while (done_count < quota).any():
-        if random_policy:
-            action = random_actions(envs, B, generator)
-            result = envs.step(action.numpy())
-            for ep in result.episodes:
-                if done_count[ep.env_index] < quota[ep.env_index]:
-                    episodes.append(ep)
-                done_count[ep.env_index] += 1
-            continue
-        out = agent(obs.to(device)[None], first.to(device)[None], prev_action.to(device)[None],
-                    prev_reward.to(device)[None], state)
-        state = out.state
-        logits = out.logits[0].float()
-        if deterministic:
-            action = agent.distribution(logits).mode()
-        elif continuous:
-            noise = torch.randn(logits.shape, generator=generator).to(logits.device)
-            action = logits + agent.log_std.exp() * noise
-        else:
-            probs = torch.softmax(logits, dim=-1)
-            action = torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(-1).to(logits.device)
-        action = action.cpu()
-        active = done_count < quota
-        episode_id = slot_offset + np.minimum(done_count, np.maximum(quota - 1, 0))
-        if recorder is not None:
-            frames_wanted = active & (episode_id < frame_episodes) & (t_in_episode < MAX_FRAMES_PER_EPISODE)
-            if frames_wanted.any() and getattr(envs, "supports_render", True):
-                rendered = envs.render()
-                for i in np.flatnonzero(frames_wanted):
-                    recorder.frames.setdefault(int(episode_id[i]), []).append(rendered[i].copy())
-            positions = envs.agent_positions()
-        result = envs.step(action.numpy())
-        if recorder is not None and active.any():
-            idx = np.flatnonzero(active)
-            row: dict[str, np.ndarray] = {
-                "episode": episode_id[idx],
-                "t": t_in_episode[idx],
-                "level_seed": level[idx],
-                "action": action.numpy()[idx],
-                "reward": result.reward[idx].astype(np.float32),
-                "done": result.first[idx],
-                "value": out.values[0].float().cpu().numpy()[idx],
-                "core_out": out.extras["core_out"][0].float().cpu().numpy()[idx].astype(np.float16),
-            }
-            cut = np.asarray(result.truncated & ~result.terminated)
-            row["truncated"] = cut[idx]
-            if cut[idx].any() and result.final_obs is not None:
-                # The value of the cut episode's last observation: the value-error analysis bootstraps the
-                # realized return from it instead of leaving the last steps out (issue 16).
-                with torch.no_grad():
-                    last = agent(torch.as_tensor(result.final_obs).to(device)[None],
-                                 torch.zeros(1, B, dtype=torch.bool, device=device), action.to(device)[None],
-                                 torch.as_tensor(result.reward, dtype=torch.float32).to(device)[None], state)
-                final_value = last.values[0].float().cpu().numpy()
-                final_value[~cut] = np.nan
-                row["final_value"] = final_value[idx]
-            else:
-                row["final_value"] = np.full((len(idx), out.values.shape[-1]), np.nan, dtype=np.float32)
-            if "alpha" in out.extras:
-                row["alpha"] = out.extras["alpha"][0].float().cpu().numpy()[idx]
-                row["cluster_values"] = out.extras["cluster_values"][0].float().cpu().numpy()[idx]
-            if positions is not None:
-                row["agent_pos"] = np.asarray(positions)[idx]
-            recorder.add(**row)
-        for ep in result.episodes:
-            i = ep.env_index
-            if done_count[i] < quota[i]:
-                episodes.append(ep)
-            done_count[i] += 1
-        t_in_episode = np.where(result.first, 0, t_in_episode + 1)
-        obs = torch.as_tensor(result.obs)
-        first = torch.as_tensor(result.first)
-        prev_action = torch.where(first[:, None] if continuous else first, 0, action)
-        prev_reward = torch.where(first, 0.0, torch.as_tensor(result.reward, dtype=torch.float32))
-        level = result.level_seed.copy()
-    return EpisodeResult(episodes, recorder)
+    """Run exactly ``num_episodes`` episodes on ``envs`` (one pass of ``run_passes``, which see)."""
+    spec = EvalPass("episodes", envs, num_episodes, deterministic, generator, record, frame_episodes, random_policy)
+    callback = None if on_episode is None else (lambda _name, n: on_episode(n))
+    return run_passes(agent, [spec], device, max_steps, callback)[0]
 
 
 def random_actions(envs: VecEnv, num: int, generator: torch.Generator) -> torch.Tensor:
@@ -215,9 +390,14 @@ def evaluate_run_splits(
     reward_scale: float = 1.0,
     global_step: int | None = None,
     num_episodes: int | None = None,
+    max_steps: int | None = None,
+    progress: str | None = None,
 ) -> dict[str, Any]:
     """Evaluate on train and test levels (sampled and deterministic); write eval/<tag>.json and, for the
-    final evaluation, the per-step and frame files."""
+    final evaluation, the per-step and frame files.
+
+    ``max_steps`` caps the env steps of each pass (the final evaluation's ``final_eval_step_cap``); progress
+    (episodes done per pass) is shown per ``progress`` (default: the run's ``--progress``)."""
     from multiscene.trainer import env_spec
 
     n = num_episodes or cfg.eval_episodes
@@ -225,39 +405,48 @@ def evaluate_run_splits(
     eval_dir = run_dir / "eval"
     eval_dir.mkdir(parents=True, exist_ok=True)
     summary: dict[str, Any] = {"global_step": global_step, "reward_scale": reward_scale, "gamma": cfg.gamma}
+    if max_steps is not None:
+        summary["step_cap"] = max_steps
+    # Every pass at once (one batched forward per step; benchmarks/eval_batching.py measures the gain): train
+    # and test levels x sampled and deterministic, and for the final evaluation the random policy's floor.
+    specs = [
+        EvalPass(f"{split}/{'deterministic' if deterministic else 'sampled'}",
+                 make_env(env_spec(cfg, split, min(cfg.eval_num_envs, n), seed_offset=101 + int(deterministic),
+                                           training=False)), n,
+                 deterministic, torch.Generator().manual_seed(cfg.seed * 7 + int(deterministic)),
+                 record=record and not deterministic, frame_episodes=FRAME_EPISODES if record else 0)
+        for split in ("train", "test") for deterministic in (False, True)
+    ]
+    if record:
+        specs.append(EvalPass("test/random-policy",
+                              make_env(env_spec(cfg, "test", min(cfg.eval_num_envs, n), seed_offset=101,
+                                                       training=False)), n,
+                              generator=torch.Generator().manual_seed(cfg.seed), random_policy=True))
+    bar = EvalProgress(tag, [spec.name for spec in specs], n, progress or cfg.progress)
     was_training = agent.training
     agent.eval()
     try:
-        for split in ("train", "test"):
-            stats: dict[str, Any] = {}
-            for deterministic in (False, True):
-                envs = make_env(env_spec(cfg, split, min(cfg.eval_num_envs, n), seed_offset=101 + int(deterministic),
-                                            training=False))
-                try:
-                    gen = torch.Generator().manual_seed(cfg.seed * 7 + int(deterministic))
-                    res = run_episodes(agent, envs, n, deterministic, device, gen,
-                                       record=record and not deterministic,
-                                       frame_episodes=FRAME_EPISODES if record else 0)
-                finally:
-                    envs.close()
-                if deterministic:
-                    stats["deterministic"] = summarize(res.episodes)
-                else:
-                    stats.update(summarize(res.episodes))
-                if res.recorder is not None:
-                    _write_steps(eval_dir, split, res.recorder, reward_scale, cfg.gamma)
-            summary[split] = stats
-        if record:
-            # The uniform-random policy on the same test levels: the floor a trained agent must clear.
-            envs = make_env(env_spec(cfg, "test", min(cfg.eval_num_envs, n), seed_offset=101, training=False))
-            try:
-                res = run_episodes(agent, envs, n, False, device, torch.Generator().manual_seed(cfg.seed),
-                                   random_policy=True)
-            finally:
-                envs.close()
-            summary["random_policy_test"] = {k: v for k, v in summarize(res.episodes).items() if k != "per_level"}
+        results = run_passes(
+            agent, specs, device, max_steps, on_episode=bar.update,
+            on_finish=lambda name, res: bar.finish(name, len(res.episodes), max_steps if res.capped else None),
+        )
     finally:
+        bar.close()
+        for spec in specs:
+            spec.envs.close()
         agent.train(was_training)
+    for (split, mode), res in zip([tuple(spec.name.split("/")) for spec in specs], results):
+        stats = summarize(res.episodes)
+        if max_steps is not None:
+            stats["capped"] = res.capped
+        if mode == "random-policy":
+            summary["random_policy_test"] = {k: v for k, v in stats.items() if k != "per_level"}
+        elif mode == "deterministic":
+            summary.setdefault(split, {})["deterministic"] = stats
+        else:
+            summary.setdefault(split, {}).update(stats)
+            if res.recorder is not None:
+                _write_steps(eval_dir, split, res.recorder, reward_scale, cfg.gamma)
     atomic_write_json(eval_dir / f"{tag}.json", summary)
     return summary
 

@@ -164,3 +164,12 @@ def test_an_encoder_that_cannot_read_the_observations_is_refused(tmp_path):
     with pytest.raises(ConfigError, match="--encoder impala cannot read the observations of --env"):
         train(cfg)
     assert not any((tmp_path / "run" / "checkpoints").glob("*"))
+
+
+def test_bootstrap_truncation_follows_what_the_env_can_report():
+    assert parse_train_args(["--env", "MiniGrid-DoorKey-5x5-v0"]).bootstrap_truncation
+    # Procgen cannot tell a time limit apart: off unless asked for, and refused when asked for.
+    assert not parse_train_args(["--preset", "quickstart", "--env", "coinrun"]).bootstrap_truncation
+    cfg = parse_train_args(["--preset", "quickstart", "--env", "coinrun", "--bootstrap-truncation"])
+    with pytest.raises(ConfigError, match="--bootstrap-truncation: coinrun cannot tell"):
+        validate(cfg)

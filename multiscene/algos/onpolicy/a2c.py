@@ -126,12 +126,16 @@ class A2C(OnPolicyAlgorithm):
             out = inputs.forward(agent, slice(None))
         loss, metrics = a2c_loss(out, agent, rollout, adv, cfg, device)
         loss, critic_out = add_aux_terms(loss, metrics, agent, out, inputs.obs, inputs.first, aux_scales)
-        bad = first_nonfinite({**metrics, "loss": loss})
+        from multiscene.scale import distributed
+
+        # Under torchrun the ranks skip together and step with the mean gradient of the global batch (issue 15).
+        bad = distributed.agree_on_bad_term(first_nonfinite({**metrics, "loss": loss}))
         if bad is None:
             optimizer.zero_grad(set_to_none=True)
             self.before_backward(agent, optimizer, out, metrics, cfg)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            distributed.average_gradients(agent.parameters())
             grad_norm = torch.nn.utils.clip_grad_norm_(agent.parameters(), cfg.max_grad_norm)
             if not torch.isfinite(grad_norm):
                 bad = "gradients"

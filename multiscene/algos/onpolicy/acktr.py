@@ -65,6 +65,7 @@ class ACKTR(A2C):
 
     name = "acktr"
     config_group = ("acktr", ACKTRConfig)  # type: ignore[assignment]
+    not_data_parallel = "K-FAC's Kronecker factors and inverses are per-process statistics that are not all-reduced"
 
     def make_optimizer(self, agent: Agent, cfg: TrainConfig) -> torch.optim.Optimizer:
         from multiscene.optim.kfac import KFAC

@@ -55,6 +55,8 @@ class OnPolicyAlgorithm(ABC):
     name = "on-policy"
     family = "onpolicy"
     config_group: tuple[str, type] | None = None
+    not_data_parallel: str | None = None
+    """Why the algorithm refuses to run under torchrun (issue 15: refuse rather than train wrong); None: it runs."""
     uses_minibatches = True
     """False when the update takes the whole rollout in one step (A2C, ACKTR): --num-minibatches is ignored."""
 

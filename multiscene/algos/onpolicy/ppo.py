@@ -38,8 +38,15 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
 
 
 def normalize_advantages(adv: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-    mean = masked_mean(adv, mask)
-    var = masked_mean((adv - mean) ** 2, mask)
+    """(adv - mean) / (std + 1e-8); under torchrun the mean and std are the global minibatch's, the union of
+    every rank's share (issue 15), and in one process exactly the local ones."""
+    from multiscene.scale import distributed
+
+    if distributed.is_distributed():
+        mean, var = distributed.global_moments(adv, mask)
+    else:
+        mean = masked_mean(adv, mask)
+        var = masked_mean((adv - mean) ** 2, mask)
     return (adv - mean) / (var.sqrt() + 1e-8)
 
 
@@ -130,7 +137,11 @@ class PPO(OnPolicyAlgorithm):
         device: torch.device,
     ) -> UpdateResult:
         """Epochs x minibatches of whole env sequences. A non-finite loss or gradient anywhere restores the
-        parameters and optimizer from before the update and reports the update as skipped (issue #6)."""
+        parameters and optimizer from before the update and reports the update as skipped (issue #6).
+
+        Under torchrun each rank holds its share of every minibatch: the ranks agree on skipping, average
+        their gradients before clipping, and agree on the early stop of ``--target-kl`` (issue 15)."""
+        from multiscene.scale import distributed
         if cfg.minibatch_by == "step":
             rollout, adv = as_single_steps(rollout, adv)
         B = rollout.first.shape[1]
@@ -156,9 +167,11 @@ class PPO(OnPolicyAlgorithm):
                 first = inputs.first[:, mb]
                 loss, critic_out = add_aux_terms(loss, metrics, agent, out, inputs.obs[:, mb], first, aux_scales)
                 bad = first_nonfinite({**metrics, "loss": loss})  # name the loss term, not just the total
+                bad = distributed.agree_on_bad_term(bad)
                 if bad is None:
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
+                    distributed.average_gradients(agent.parameters())
                     grad_norm = torch.nn.utils.clip_grad_norm_(agent.parameters(), cfg.max_grad_norm)
                     if not torch.isfinite(grad_norm):
                         bad = "gradients"
@@ -171,7 +184,7 @@ class PPO(OnPolicyAlgorithm):
                 for k, v in metrics.items():
                     sums[k] = sums.get(k, 0.0) + float(v)
                 count += 1
-                if cfg.target_kl is not None and float(metrics["losses/approx_kl"]) > cfg.target_kl:
+                if cfg.target_kl is not None and distributed.agree(float(metrics["losses/approx_kl"]) > cfg.target_kl):
                     stop_early = True
                     break
             if stop_early:
