@@ -1,0 +1,255 @@
+"""IMPALA: the learner against on-policy A2C, actors' recurrent state, bad input, and Ray runs with faults.
+
+The Ray tests start real Ray processes; on the shared 2-core dev machine Ray itself takes ~30-50 s to start,
+so they are marked slow. Everything else runs without Ray in seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import tiny_config
+from torch.distributions import Categorical
+
+from multiscene.algos.impala import ImpalaConfig, check_impala_config
+from multiscene.algos.impala.actors import ImpalaActor
+from multiscene.algos.impala.learner import impala_loss, learner_step, stack_unrolls
+from multiscene.config import ConfigError
+from multiscene.gae import compute_gae
+from multiscene.logger import read_metrics
+from multiscene.models.agent import Agent
+
+ENV = "MiniGrid-HiddenPayoff-v0"
+
+
+def small_cfg(run_dir: str, **changes: object):
+    base = dict(env=ENV, critic="scalar", hidden_size=32, max_episode_steps=8, num_levels=10, gamma=0.9)
+    base.update(changes)
+    return tiny_config(run_dir, **base)
+
+
+def learner_and_actor(tmp_path: Path, critic: str = "scalar", envs: int = 3, T: int = 12):
+    cfg = small_cfg(str(tmp_path / "run"), critic=critic)
+    impala = ImpalaConfig(num_actors=1, envs_per_actor=envs, unroll_length=T, batch_size=envs)
+    torch.manual_seed(0)
+    actor = ImpalaActor(cfg, impala, actor_index=0)
+    agent = Agent(actor.envs.obs_shape, actor.envs.num_actions, cfg)
+    return cfg, impala, agent, actor
+
+
+def test_zero_lag_gradient_equals_the_on_policy_a2c_gradient(tmp_path: Path) -> None:
+    """Actor weights = learner weights: V-trace targets are n-step returns and rho = 1, so the IMPALA loss must
+    have the gradient of A2C with GAE(lambda = 1) advantages on the same batch (same costs, same means)."""
+    cfg, impala, agent, actor = learner_and_actor(tmp_path)
+    unroll = actor.unroll([agent.state_dict()], version=0)
+    assert unroll.dones.any(), "the unroll should cross an episode end (max_episode_steps 8 < T 12)"
+
+    agent.zero_grad()
+    loss, metrics = impala_loss(agent, unroll, cfg.gamma, impala, aux_scales={})
+    loss.backward()
+    impala_grads = [p.grad.clone() for p in agent.parameters()]
+    assert float(metrics["impala/rho_mean"]) == pytest.approx(1.0, abs=1e-5)  # zero lag: pi = mu
+
+    # A2C written out by hand from the library's GAE, independent of vtrace.py.
+    agent.zero_grad()
+    T = unroll.actions.shape[0]
+    out = agent(unroll.obs, unroll.first, unroll.prev_action, unroll.prev_reward, unroll.initial_state)
+    dist = Categorical(logits=out.logits[:T])
+    values = out.values[:T, :, 0]
+    advantages, returns = compute_gae(unroll.rewards, values.detach(), unroll.dones, out.values[T, :, 0].detach(),
+                                      cfg.gamma, 1.0)
+    a2c = (-(dist.log_prob(unroll.actions) * advantages).mean()
+           + impala.baseline_cost * 0.5 * (returns - values).pow(2).mean()
+           - impala.entropy_cost * dist.entropy().mean())
+    a2c.backward()
+    for (name, _), g_impala, p in zip(agent.named_parameters(), impala_grads, agent.parameters()):
+        torch.testing.assert_close(g_impala, p.grad, atol=1e-6, rtol=1e-4, msg=name)
+    assert sum(float(g.abs().sum()) for g in impala_grads) > 0
+
+
+def test_stale_policy_is_corrected_and_the_step_moves_the_weights(tmp_path: Path) -> None:
+    cfg, impala, agent, actor = learner_and_actor(tmp_path, critic="sparse-dve")
+    stale = {k: v + 0.05 * torch.randn_like(v) if v.is_floating_point() else v for k, v in agent.state_dict().items()}
+    unroll = actor.unroll([stale], version=0)
+    optimizer = torch.optim.Adam(agent.parameters(), lr=1e-3)
+    before = [p.detach().clone() for p in agent.parameters()]
+    result = learner_step(agent, optimizer, unroll, cfg.gamma, impala,
+                          aux_scales={"cc_confusion": 0.1, "cc_contribution": 0.1})
+    assert not result.skipped
+    assert abs(result.metrics["impala/rho_mean"] - 1.0) > 1e-4  # behaviour != target: weights are used
+    assert {"losses/cc_confusion", "losses/cc_contribution", "losses/grad_norm"} <= set(result.metrics)
+    assert any(not torch.equal(b, p) for b, p in zip(before, agent.parameters()))
+
+
+def test_unrolls_carry_the_lstm_state_from_one_to_the_next(tmp_path: Path) -> None:
+    """Replaying unroll 1 from its initial state must end in unroll 2's initial state (T steps), and the
+    learner's recomputed log-probs must equal the actor's step-by-step ones."""
+    cfg, impala, agent, actor = learner_and_actor(tmp_path, envs=2, T=10)
+    weights = [agent.state_dict()]
+    first, second = actor.unroll(weights, 0), actor.unroll(weights, 0)
+    T = first.actions.shape[0]
+    with torch.no_grad():
+        out = agent(first.obs[:T], first.first[:T], first.prev_action[:T], first.prev_reward[:T], first.initial_state)
+        logp = Categorical(logits=out.logits).log_prob(first.actions)
+    for replayed, carried in zip(out.state, second.initial_state):
+        torch.testing.assert_close(replayed, carried, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(logp, first.behaviour_logp, atol=1e-5, rtol=1e-5)
+    # Continuity: the bootstrap observation of unroll 1 is the first observation of unroll 2.
+    torch.testing.assert_close(first.obs[T], second.obs[0])
+    stacked = stack_unrolls([first, second])
+    assert stacked.actions.shape == (T, 4) and stacked.initial_state[0].shape[1] == 4
+
+
+def test_bad_impala_config_names_the_flag() -> None:
+    with pytest.raises(ConfigError, match="--impala.batch-size"):
+        check_impala_config(ImpalaConfig(envs_per_actor=3, batch_size=32))
+    with pytest.raises(ConfigError, match="--impala.num-actors"):
+        check_impala_config(ImpalaConfig(num_actors=0))
+
+
+def test_unreachable_ray_address_is_a_config_error() -> None:
+    from multiscene.algos.impala.loop import connect_ray
+
+    with pytest.raises(ConfigError, match="--impala.ray-address"):
+        connect_ray(ImpalaConfig(ray_address="127.0.0.1:1"))  # port 1: connection refused at once
+    with pytest.raises(ConfigError, match="--impala.ray-address"):
+        connect_ray(ImpalaConfig(ray_address="no-port-here"))
+
+
+def test_more_actors_than_cpus_warns_and_says_what_happens(monkeypatch: pytest.MonkeyPatch) -> None:
+    import ray
+
+    from multiscene.algos.impala import loop
+
+    calls: list[dict] = []
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda **kw: calls.append(kw))
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    with pytest.warns(UserWarning, match="time-shares the cores"):
+        assert loop.connect_ray(ImpalaConfig(num_actors=8)) is True
+    assert calls[0]["num_cpus"] == 9  # every actor gets its logical CPU, plus the learner
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Ray runs
+
+
+def tagged_processes(tag: str) -> list[int]:
+    """Pids of live processes whose environment carries ``MULTISCENE_TEST_TAG=tag`` (Ray's raylet, GCS and
+    workers inherit the driver's environment), read from /proc so other users of the machine are not counted."""
+    pids = []
+    needle = f"MULTISCENE_TEST_TAG={tag}".encode()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                if needle in f.read().split(b"\0"):
+                    with open(f"/proc/{entry}/stat") as s:
+                        if s.read().split(") ")[-1].startswith("Z"):
+                            continue  # a zombie is already dead
+                    pids.append(int(entry))
+        except OSError:
+            continue
+    return pids
+
+
+def ray_cfg(run_dir: Path, total: int, **changes: object):
+    return small_cfg(str(run_dir), total_timesteps=total, max_episode_steps=24, checkpoint_interval=2,
+                     eval_episodes=2, eval_num_envs=2, tensorboard=False, **changes)
+
+
+RAY_IMPALA = ImpalaConfig(num_actors=2, envs_per_actor=2, unroll_length=16, batch_size=4, learning_rate=1e-3,
+                          actor_num_cpus=0.5)
+
+
+@pytest.mark.slow
+def test_ray_run_survives_a_killed_actor_and_resumes(tmp_path: Path) -> None:
+    """One local Ray (started by train itself), 2 actors: a tiny budget end to end with one actor killed
+    mid-run, then --resume with a larger budget; afterwards no Ray process of ours is left."""
+    from multiscene.algos.impala.loop import train
+
+    tag = uuid.uuid4().hex
+    os.environ["MULTISCENE_TEST_TAG"] = tag
+    try:
+        run_dir = tmp_path / "run"
+        killed: list[int] = []
+
+        def kill_once(update: int, pool) -> None:
+            if update == 2 and not killed:
+                pool.kill_actor(0)
+                killed.append(update)
+
+        steps = RAY_IMPALA.steps_per_update  # 64 env steps per update
+        train(ray_cfg(run_dir, total=8 * steps), RAY_IMPALA, on_update=kill_once)
+        records = [r for r in read_metrics(run_dir / "metrics.jsonl") if "losses/policy_loss" in r]
+        assert [r["update"] for r in records] == list(range(1, 9))
+        assert records[-1]["impala/actor_restarts"] >= 1
+        for key in ("impala/policy_lag_mean", "impala/queue_depth", "impala/actor_sps", "impala/learner_sps"):
+            assert key in records[-1]
+        assert (run_dir / "config.json").exists() and (run_dir / "model.safetensors").exists()
+        final = json.loads((run_dir / "eval" / "final.json").read_text())
+        assert final["train"]["episodes"] == 2 and final["test"]["episodes"] == 2
+        assert json.loads((run_dir / "config.json").read_text())["impala"]["num_actors"] == 2
+
+        train(ray_cfg(run_dir, total=12 * steps, resume=True), RAY_IMPALA)
+        records = [r for r in read_metrics(run_dir / "metrics.jsonl") if "losses/policy_loss" in r]
+        assert [r["update"] for r in records] == list(range(1, 13))
+        assert records[8]["global_step"] == 9 * steps  # continued from the checkpoint of update 8
+        assert records[-1]["impala/actor_restarts"] >= 1  # the count survives the resume
+        time.sleep(2.0)
+        assert tagged_processes(tag) == [], "Ray processes left behind after the runs"
+    finally:
+        os.environ.pop("MULTISCENE_TEST_TAG", None)
+
+
+SIGINT_SCRIPT = textwrap.dedent(
+    """
+    import sys
+    from conftest import tiny_config
+    from multiscene.algos.impala import ImpalaConfig
+    from multiscene.algos.impala.loop import train
+    cfg = tiny_config(sys.argv[1], env="MiniGrid-HiddenPayoff-v0", critic="scalar", hidden_size=32,
+                      max_episode_steps=24, num_levels=10, total_timesteps=10**7, checkpoint_interval=1000,
+                      tensorboard=False)
+    train(cfg, ImpalaConfig(num_actors=2, envs_per_actor=2, unroll_length=16, batch_size=4, actor_num_cpus=0.5))
+    print("EXITED CLEANLY", flush=True)
+    """
+)
+
+
+@pytest.mark.slow
+def test_sigint_checkpoints_stops_actors_and_leaves_no_ray_processes(tmp_path: Path) -> None:
+    tag = uuid.uuid4().hex
+    run_dir = tmp_path / "run"
+    env = {**os.environ, "MULTISCENE_TEST_TAG": tag,
+           "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), str(Path(__file__).parents[1])])}
+    proc = subprocess.Popen([sys.executable, "-c", SIGINT_SCRIPT, str(run_dir)], env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and proc.poll() is None:
+            if len(read_metrics(run_dir / "metrics.jsonl")) >= 2:
+                break
+            time.sleep(0.5)
+        assert proc.poll() is None, proc.communicate()[0]
+        proc.send_signal(signal.SIGINT)
+        output, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, output
+    assert "EXITED CLEANLY" in output and "received SIGINT" in output
+    assert any((run_dir / "checkpoints").iterdir())
+    time.sleep(2.0)
+    assert tagged_processes(tag) == [], "Ray processes left behind after Ctrl-C"
