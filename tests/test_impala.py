@@ -183,18 +183,29 @@ def test_ray_run_survives_a_killed_actor_and_resumes(tmp_path: Path) -> None:
     os.environ["MULTISCENE_TEST_TAG"] = tag
     try:
         run_dir = tmp_path / "run"
-        killed: list[int] = []
+        killed_pid: list[int] = []
+        new_pid: list[int] = []
 
         def kill_once(update: int, pool) -> None:
-            if update == 2 and not killed:
+            import ray
+
+            if update == 2:
+                killed_pid.append(ray.get(pool.handles[0].ping.remote()))
                 pool.kill_actor(0)
-                killed.append(update)
+            if update == 8:  # the last update: the killed actor must be back, in a new process
+                deadline = time.time() + 120
+                while not new_pid and time.time() < deadline:
+                    try:
+                        new_pid.append(ray.get(pool.handles[0].ping.remote(), timeout=60))
+                    except ray.exceptions.ActorUnavailableError:  # still restarting
+                        time.sleep(1.0)
 
         steps = RAY_IMPALA.steps_per_update  # 64 env steps per update
         train(ray_cfg(run_dir, total=8 * steps), RAY_IMPALA, on_update=kill_once)
         records = [r for r in read_metrics(run_dir / "metrics.jsonl") if "losses/policy_loss" in r]
         assert [r["update"] for r in records] == list(range(1, 9))
         assert records[-1]["impala/actor_restarts"] >= 1
+        assert new_pid and new_pid[0] != killed_pid[0]
         for key in ("impala/policy_lag_mean", "impala/queue_depth", "impala/actor_sps", "impala/learner_sps"):
             assert key in records[-1]
         assert (run_dir / "config.json").exists() and (run_dir / "model.safetensors").exists()
@@ -249,7 +260,45 @@ def test_sigint_checkpoints_stops_actors_and_leaves_no_ray_processes(tmp_path: P
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 0, output
-    assert "EXITED CLEANLY" in output and "received SIGINT" in output
-    assert any((run_dir / "checkpoints").iterdir())
+    assert "EXITED CLEANLY" in output
+    # checkpoint_interval is 1000, so a checkpoint exists only because SIGINT wrote one, at the last update.
+    from multiscene.checkpoint import load_latest_checkpoint
+
+    ckpt = load_latest_checkpoint(run_dir)
+    assert ckpt is not None
+    assert ckpt.update == read_metrics(run_dir / "metrics.jsonl")[-1]["update"] >= 2
+    assert not (run_dir / "eval" / "final.json").exists()  # stopped early: no final evaluation
     time.sleep(2.0)
     assert tagged_processes(tag) == [], "Ray processes left behind after Ctrl-C"
+
+
+def test_learner_step_with_the_vae_on_procgen_frames(tmp_path: Path) -> None:
+    """--aux vae in the IMPALA learner: the named VAE terms join the loss with their scales, and the VAE's
+    gradient reaches the shared encoder (the RL heads read the encoder features, not z)."""
+    from multiscene.auxloss.vae import VAEAux, VAEConfig, scales
+
+    cfg = tiny_config(str(tmp_path / "run"), env="coinrun", critic="scalar", hidden_size=32)
+    impala = ImpalaConfig(num_actors=1, envs_per_actor=2, unroll_length=4, batch_size=2)
+    torch.manual_seed(0)
+    actor = ImpalaActor(cfg, impala, actor_index=0)
+    agent = Agent(actor.envs.obs_shape, actor.envs.num_actions, cfg)
+    unroll = actor.unroll([agent.state_dict()], version=0)
+    vae_cfg = VAEConfig(latent_dim=8)
+    vae = VAEAux(agent.encoder.output_dim, actor.envs.obs_shape, vae_cfg)
+
+    def encoder_grad(vae_scales: dict[str, float]) -> torch.Tensor:
+        agent.zero_grad()
+        vae.zero_grad()
+        loss, metrics = impala_loss(agent, unroll, cfg.gamma, impala, {}, vae, vae_scales)
+        loss.backward()
+        assert {"losses/vae_recon", "losses/vae_kl", "vae/neg_elbo"} <= set(metrics)
+        assert float(metrics["vae/neg_elbo"]) > 0
+        return agent.encoder.stages[0].conv.weight.grad.clone()
+
+    torch.manual_seed(1)
+    with_vae = encoder_grad(scales(vae_cfg))
+    torch.manual_seed(1)
+    without = encoder_grad({"vae_recon": 0.0, "vae_kl": 0.0})
+    assert float((with_vae - without).abs().max()) > 1e-6
+    assert vae.decoder_fc.weight.grad is not None
+    actor.close()

@@ -126,3 +126,24 @@ def test_non_image_observations_name_the_flag() -> None:
         VAEAux(32, (7, 7, 3), VAEConfig())
     with pytest.raises(ConfigError, match="--vae.latent-dim"):
         VAEAux(32, (64, 64, 3), VAEConfig(latent_dim=0))
+
+
+def test_reconstruction_grid_from_train_and_held_out_levels(tmp_path) -> None:
+    from conftest import tiny_config
+
+    from multiscene.auxloss.vae import VAE_FRAMES_FILE, write_reconstructions
+
+    cfg = tiny_config(str(tmp_path), env="coinrun", critic="scalar", hidden_size=16)
+    torch.manual_seed(0)
+    encoder = ImpalaCNN((64, 64, 3), hidden_size=16)
+    vae = VAEAux(16, (64, 64, 3), VAEConfig(latent_dim=8))
+    path = write_reconstructions(encoder, vae, cfg, torch.device("cpu"), tmp_path, frames=2)
+    assert path == tmp_path / "eval" / VAE_FRAMES_FILE
+    data = np.load(path)
+    for split in ("train", "test"):
+        assert data[f"{split}_frames"].shape == data[f"{split}_recon"].shape == (2, 64, 64, 3)
+        assert data[f"{split}_recon"].dtype == np.uint8
+        np.testing.assert_array_equal(
+            data[f"{split}_recon"], reconstruct_frames(encoder, vae, torch.as_tensor(data[f"{split}_frames"])).numpy()
+        )
+    assert not np.array_equal(data["train_frames"], data["test_frames"])  # different levels

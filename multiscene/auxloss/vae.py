@@ -31,14 +31,24 @@ reconstructing RGB 64x64x3 as the issue asks, where the seed's text may feed the
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from multiscene.config import ConfigError
+from multiscene.config import ConfigError, TrainConfig
 
-__all__ = ["FRAME_SHAPE", "VAE_TERMS", "VAEAux", "VAEConfig", "scales"]
+__all__ = [
+    "FRAME_SHAPE",
+    "VAE_FRAMES_FILE",
+    "VAE_TERMS",
+    "VAEAux",
+    "VAEConfig",
+    "reconstruct_frames",
+    "scales",
+    "write_reconstructions",
+]
 
 FRAME_SHAPE: tuple[int, int, int] = (64, 64, 3)
 """The only observation shape the decoder produces (Procgen frames, seed 002 §2.4)."""
@@ -153,3 +163,44 @@ def reconstruct_frames(encoder: nn.Module, vae: VAEAux, obs: torch.Tensor) -> to
     """obs [N, 64, 64, 3] uint8 -> reconstructions [N, 64, 64, 3] uint8 (the report's frame grid, Fig. 3)."""
     with torch.no_grad():
         return vae.reconstruct(encoder(obs))
+
+
+VAE_FRAMES_FILE = "vae_frames.npz"
+"""``eval/vae_frames.npz``: ``<split>_frames`` and ``<split>_recon`` [N, 64, 64, 3] uint8 for split in train,
+test (held-out levels): the report's grid of frames next to their reconstructions (seed 002 Fig. 3)."""
+
+
+def write_reconstructions(
+    encoder: nn.Module, vae: VAEAux, cfg: TrainConfig, device: torch.device, run_dir: Path, frames: int = 8
+) -> Path:
+    """Frames from training and held-out levels, and their reconstructions, to ``eval/vae_frames.npz``.
+
+    The frames come from ``frames`` envs of each split after a few uniformly random steps (ours: a cheap way
+    to show more than the start screen; any policy would do, the VAE does not depend on it).
+    """
+    import numpy as np
+
+    from multiscene.envs import make_env
+    from multiscene.trainer import env_spec
+
+    arrays: dict[str, np.ndarray] = {}
+    rng = np.random.default_rng(cfg.seed)
+    for split in ("train", "test"):
+        envs = make_env(env_spec(cfg, split, frames, seed_offset=103))
+        try:
+            step = envs.reset()
+            for _ in range(int(rng.integers(5, 30))):
+                step = envs.step(rng.integers(0, envs.num_actions, envs.num_envs).astype(np.int64))
+        finally:
+            envs.close()
+        obs = torch.as_tensor(step.obs)
+        was_training = encoder.training
+        encoder.eval()
+        recon = reconstruct_frames(encoder, vae, obs.to(device)).cpu()
+        encoder.train(was_training)
+        arrays[f"{split}_frames"] = obs.numpy()
+        arrays[f"{split}_recon"] = recon.numpy()
+    path = run_dir / "eval" / VAE_FRAMES_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(path, **arrays)
+    return path

@@ -56,8 +56,8 @@ class ImpalaActor:
         self.core_state = self.agent.initial_state(B, "cpu")
 
     def ping(self) -> int:
-        """Returns the actor index once the envs are built (the loop waits for every actor to be up)."""
-        return self.actor_index
+        """The actor's process id, once its envs are built (a restarted actor answers with a new one)."""
+        return os.getpid()
 
     def set_weights(self, state: dict[str, torch.Tensor], version: int) -> None:
         self.agent.load_state_dict(state)

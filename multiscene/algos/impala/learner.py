@@ -156,7 +156,7 @@ def impala_loss(
         "losses/policy_loss": policy_loss.detach(),
         "losses/value_loss": value_loss.detach(),
         "losses/entropy": entropy.detach(),
-        "losses/explained_variance": torch.tensor(explained_variance(values[..., 0].flatten(), vs[..., 0].flatten())),
+        "losses/explained_variance": torch.tensor(explained_variance(values[..., 0].detach().flatten(), vs[..., 0].flatten())),
         "impala/rho_mean": ratio.mean(),
         "impala/rho_clipped_fraction": (ratio > impala.rho_bar).float().mean(),
     }

@@ -7,7 +7,8 @@ new weights -> log -> checkpoint -> after the loop, stop the actors, shut Ray do
 
 Faults: an actor that dies (killed process, env crash) is restarted by Ray (``max_restarts``) or, after an
 exception inside it, killed and restarted by us; its in-flight unroll is dropped and it is asked for a new
-one. A restart shows up as a new process id on its next unroll and is logged as ``impala/actor_restarts``.
+one. Each death (a failed request, or a new process id on an actor's unroll) counts once in
+``impala/actor_restarts``.
 SIGINT / SIGTERM: the learner checkpoints at the next update boundary, the actors are killed, Ray is shut down
 when we started it; ``--resume`` continues (actors restart with fresh envs and a zero LSTM state).
 """
@@ -33,7 +34,7 @@ import torch
 from multiscene.algos.impala import ImpalaConfig, check_impala_config
 from multiscene.algos.impala.actors import remote_actor_class
 from multiscene.algos.impala.learner import Unroll, learner_step, stack_unrolls
-from multiscene.auxloss.vae import VAEAux, VAEConfig, check_vae_config
+from multiscene.auxloss.vae import VAEAux, VAEConfig, check_vae_config, write_reconstructions
 from multiscene.auxloss.vae import scales as vae_scales_of
 from multiscene.checkpoint import load_latest_checkpoint, save_checkpoint
 from multiscene.config import ConfigError, TrainConfig, validate
@@ -133,7 +134,7 @@ class ActorPool:
         self.version = -1
         self.pids: list[int | None] = [None] * impala.num_actors
         self.restarts = 0
-        """Restarted actor processes so far (a new pid for the same actor index)."""
+        """Actor deaths so far (a failed request, or a new pid for the same actor index); Ray restarts them."""
         self.errors_in_row = [0] * impala.num_actors
         self.messages: list[str] = []
         """Lines for the progress display (actor deaths); the loop prints and clears them."""
@@ -170,6 +171,10 @@ class ActorPool:
             unroll: Unroll = ray.get(ref)
             self.get_seconds.append(time.perf_counter() - start)
         except (RayActorError, ActorUnavailableError, RayTaskError) as e:
+            if self.errors_in_row[index] == 0:
+                # One death can answer several requests with errors while Ray restarts it: count it once.
+                self.restarts += 1
+                self.pids[index] = None
             self.errors_in_row[index] += 1
             if isinstance(e, RayTaskError) and not isinstance(e, RayActorError):
                 # An exception inside the actor (an env crash): its envs may be broken, so restart the process.
@@ -185,7 +190,7 @@ class ActorPool:
             return
         self.errors_in_row[index] = 0
         if self.pids[index] is not None and unroll.actor_pid != self.pids[index]:
-            self.restarts += 1
+            self.restarts += 1  # a new process without an error seen (it died between two requests)
         self.pids[index] = unroll.actor_pid
         self.actor_steps += unroll.num_steps
         self.queue.append(unroll)
@@ -468,6 +473,8 @@ def train(
     # Rewards are raw in IMPALA (no running normalizer), hence reward scale 1.
     summary = evaluate_run_splits(agent, cfg, device, tag="final", run_dir=run_dir, reward_scale=1.0,
                                   global_step=global_step)
+    if vae_module is not None:
+        write_reconstructions(agent.encoder, vae_module, cfg, device, run_dir)
     final_logger = MetricsLogger(run_dir, tensorboard=False)
     final_logger.log({"update": update, "global_step": global_step, **_eval_record(summary)})
     final_logger.close()
