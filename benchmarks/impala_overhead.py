@@ -1,7 +1,7 @@
 """What Ray costs IMPALA per unroll, and IMPALA's steps/s against the on-policy loop (issue 12, "Speed").
 
     python benchmarks/impala_overhead.py ray-cost  [--env coinrun] [--unroll-length 80] [--envs-per-actor 1]
-    python benchmarks/impala_overhead.py throughput [--env coinrun] [--updates 20]
+    python benchmarks/impala_overhead.py throughput [--env coinrun] [--updates 20] [--hidden-size 256]
 
 ``ray-cost`` starts a local Ray with one actor holding a ready-made unroll of the real shapes and the real
 agent's weights, and times (medians over repeats):
@@ -122,7 +122,7 @@ def _sps(run_dir: Path, skip: int) -> float:
     return (b["global_step"] - a["global_step"]) / (b["time"] - a["time"])
 
 
-def throughput(env: str, updates: int) -> dict[str, float]:
+def throughput(env: str, updates: int, hidden_size: int) -> dict[str, float]:
     from multiscene.algos.impala import ImpalaConfig
     from multiscene.algos.impala.loop import train as train_impala
     from multiscene.config import TrainConfig
@@ -130,6 +130,7 @@ def throughput(env: str, updates: int) -> dict[str, float]:
 
     T, envs = 80, 16
     common = dict(env=env, critic="scalar", num_levels=500, distribution_mode="hard", total_timesteps=updates * T * envs,
+                  hidden_size=hidden_size, max_episode_steps=None if env[0].islower() else 64,
                   final_eval=False, tensorboard=False, progress="none", torch_threads=1, num_threads=1,
                   checkpoint_interval=10**6, gamma=0.99)
     with tempfile.TemporaryDirectory() as tmp:
@@ -155,12 +156,13 @@ def main() -> None:
     parser.add_argument("--envs-per-actor", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--updates", type=int, default=20)
+    parser.add_argument("--hidden-size", type=int, default=256)
     args = parser.parse_args()
     torch.set_num_threads(1)
     if args.what == "ray-cost":
         result = ray_cost(args.env, args.unroll_length, args.envs_per_actor, args.repeats)
     else:
-        result = throughput(args.env, args.updates)
+        result = throughput(args.env, args.updates, args.hidden_size)
     print(json.dumps(result, indent=2))
 
 

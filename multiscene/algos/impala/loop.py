@@ -80,10 +80,10 @@ def connect_ray(impala: ImpalaConfig) -> bool:
     need = impala.num_actors * impala.actor_num_cpus
     if impala.ray_address is None:
         cpus = os.cpu_count() or 1
-        if need + 1 > cpus:
+        if need > cpus:
             warnings.warn(
                 f"--impala.num-actors {impala.num_actors} x --impala.actor-num-cpus {impala.actor_num_cpus} "
-                f"plus the learner need more than the {cpus} CPUs of this machine. Ray is started with "
+                f"ask for more than the {cpus} CPUs of this machine. Ray is started with "
                 f"{math.ceil(need) + 1} logical CPUs so that every actor runs; the OS time-shares the cores, so "
                 f"actor throughput stops growing past ~{cpus} actors and the learner competes with them.",
                 stacklevel=2,
