@@ -147,3 +147,16 @@ def test_reconstruction_grid_from_train_and_held_out_levels(tmp_path) -> None:
             data[f"{split}_recon"], reconstruct_frames(encoder, vae, torch.as_tensor(data[f"{split}_frames"])).numpy()
         )
     assert not np.array_equal(data["train_frames"], data["test_frames"])  # different levels
+
+
+def test_scaled_sum_weights_each_term_and_asserts_the_names() -> None:
+    from multiscene.auxloss import scaled_sum
+
+    metrics: dict[str, torch.Tensor] = {}
+    terms = {"vae_recon": torch.tensor(3.0), "vae_kl": torch.tensor(5.0)}
+    total = scaled_sum(terms, {"vae_recon": 2.0, "vae_kl": 0.5}, metrics, "VAE")
+    assert float(total) == 2.0 * 3.0 + 0.5 * 5.0
+    assert float(metrics["losses/vae_kl"]) == 5.0
+    with pytest.raises(AssertionError, match="VAE terms"):
+        scaled_sum(terms, {"vae_recon": 1.0}, {}, "VAE")
+    assert float(scaled_sum({}, {}, {}, "critic aux")) == 0.0

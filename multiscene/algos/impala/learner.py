@@ -28,6 +28,7 @@ from torch.distributions import Categorical
 
 from multiscene.algos.impala import ImpalaConfig
 from multiscene.algos.impala.vtrace import vtrace
+from multiscene.auxloss import scaled_sum
 from multiscene.auxloss.vae import VAEAux
 from multiscene.critics.base import CriticOutput
 from multiscene.envs.base import EpisodeStats
@@ -165,10 +166,7 @@ def impala_loss(
     critic_out = CriticOutput(values, extras)
     valid = torch.ones(T, B, device=values.device)
     aux = critic.aux_losses(critic_out, valid, first=first[:T])
-    assert set(aux) == set(aux_scales), f"aux terms {sorted(aux)} != scheduled {sorted(aux_scales)}"
-    for name, term in aux.items():
-        total = total + aux_scales[name] * term
-        metrics[f"losses/{name}"] = term.detach()
+    total = total + scaled_sum(aux, aux_scales, metrics, "critic aux")
     for name, value in critic.diagnostics(critic_out, valid, first=first[:T]).items():
         metrics[f"dve/{name}"] = torch.tensor(value)
 
@@ -176,10 +174,7 @@ def impala_loss(
         assert vae_scales is not None, "vae_scales must come with vae"
         features = captured[0].reshape(T + 1, B, -1)[:T].float()
         terms = vae.losses(obs[:T], features)
-        assert set(terms) == set(vae_scales), f"VAE terms {sorted(terms)} != scales {sorted(vae_scales)}"
-        for name, term in terms.items():
-            total = total + vae_scales[name] * term
-            metrics[f"losses/{name}"] = term.detach()
+        total = total + scaled_sum(terms, vae_scales, metrics, "VAE")
         metrics["vae/neg_elbo"] = (terms["vae_recon"] + terms["vae_kl"]).detach()
     return total, metrics
 
