@@ -302,3 +302,14 @@ def test_learner_step_with_the_vae_on_procgen_frames(tmp_path: Path) -> None:
     assert float((with_vae - without).abs().max()) > 1e-6
     assert vae.decoder_fc.weight.grad is not None
     actor.close()
+
+
+def test_vae_on_non_image_observations_is_refused_before_the_run_starts(tmp_path: Path) -> None:
+    from multiscene.algos.impala.loop import train
+    from multiscene.auxloss.vae import VAEConfig
+
+    run_dir = tmp_path / "run"
+    with pytest.raises(ConfigError, match="--aux"):
+        train(small_cfg(str(run_dir)), ImpalaConfig(num_actors=1, envs_per_actor=1, unroll_length=4, batch_size=1),
+              VAEConfig())
+    assert not run_dir.exists()  # nothing written, no Ray started

@@ -45,6 +45,8 @@ __all__ = [
     "VAE_TERMS",
     "VAEAux",
     "VAEConfig",
+    "check_vae_config",
+    "check_vae_observations",
     "reconstruct_frames",
     "scales",
     "write_reconstructions",
@@ -83,6 +85,16 @@ def check_vae_config(cfg: VAEConfig) -> None:
         raise ConfigError(f"--vae.beta and --vae.coef must be >= 0, got beta={cfg.beta}, coef={cfg.coef}.")
 
 
+def check_vae_observations(obs_shape: tuple[int, ...]) -> None:
+    """ConfigError naming ``--aux`` unless the env gives 64x64x3 frames (call before creating a run)."""
+    if tuple(obs_shape) != FRAME_SHAPE:
+        raise ConfigError(
+            f"--aux vae needs 64x64x3 image observations (Procgen, e.g. --env coinrun): its decoder "
+            f"reconstructs 64x64 RGB frames, but the env gives observations of shape {tuple(obs_shape)}. "
+            "Use --aux none for this env."
+        )
+
+
 class VAEAux(nn.Module):
     """Latent head on the encoder features plus the frame decoder; see the module docstring."""
 
@@ -91,12 +103,7 @@ class VAEAux(nn.Module):
     def __init__(self, feature_dim: int, obs_shape: tuple[int, ...], cfg: VAEConfig) -> None:
         super().__init__()
         check_vae_config(cfg)
-        if tuple(obs_shape) != FRAME_SHAPE:
-            raise ConfigError(
-                f"--aux vae needs 64x64x3 image observations (Procgen, e.g. --env coinrun): its decoder "
-                f"reconstructs 64x64 RGB frames, but the env gives observations of shape {tuple(obs_shape)}. "
-                "Use --aux none for this env."
-            )
+        check_vae_observations(obs_shape)
         self.latent_dim = cfg.latent_dim
         self.to_latent = nn.Linear(feature_dim, 2 * cfg.latent_dim)
         self.decoder_fc = nn.Linear(cfg.latent_dim, 16 * 16 * 16)

@@ -34,7 +34,13 @@ import torch
 from multiscene.algos.impala import ImpalaConfig, check_impala_config
 from multiscene.algos.impala.actors import remote_actor_class
 from multiscene.algos.impala.learner import Unroll, learner_step, stack_unrolls
-from multiscene.auxloss.vae import VAEAux, VAEConfig, check_vae_config, write_reconstructions
+from multiscene.auxloss.vae import (
+    VAEAux,
+    VAEConfig,
+    check_vae_config,
+    check_vae_observations,
+    write_reconstructions,
+)
 from multiscene.auxloss.vae import scales as vae_scales_of
 from multiscene.checkpoint import load_latest_checkpoint, save_checkpoint
 from multiscene.config import ConfigError, TrainConfig, validate
@@ -47,7 +53,6 @@ from multiscene.trainer import (
     _eval_record,
     _SignalFlag,
     config_record,
-    default_run_dir,
     env_spec,
     load_config,
     make_agent,
@@ -245,6 +250,11 @@ class ActorPool:
 # The run
 
 
+def default_impala_run_dir(cfg: TrainConfig) -> Path:
+    """runs/<env>-impala-<critic>-s<seed>: beside, never over, the on-policy run of the same settings."""
+    return Path("runs") / f"{cfg.env.replace(',', '+')}-impala-{cfg.critic}-s{cfg.seed}"
+
+
 def _save_record(run_dir: Path, cfg: TrainConfig, impala: ImpalaConfig, vae: VAEConfig | None) -> None:
     record = config_record(cfg)
     record["algo"] = "impala"
@@ -284,7 +294,13 @@ def train(
             f"--total-timesteps ({cfg.total_timesteps}) is smaller than one IMPALA update (--impala.batch-size x "
             f"--impala.unroll-length = {impala.steps_per_update} env steps)."
         )
-    run_dir = Path(cfg.run_dir) if cfg.run_dir else default_run_dir(cfg)
+    # The env's shapes before any file is written: a bad --aux is refused without leaving a run directory.
+    probe = make_env(env_spec(cfg, "train", 1))
+    obs_shape, num_actions = probe.obs_shape, probe.num_actions
+    probe.close()
+    if vae is not None:
+        check_vae_observations(obs_shape)
+    run_dir = Path(cfg.run_dir) if cfg.run_dir else default_impala_run_dir(cfg)
     resume = cfg.resume
     backup = prepare_run_dir(run_dir, resume=resume, overwrite=cfg.overwrite)
     if resume:
@@ -306,9 +322,6 @@ def train(
         torch.set_num_threads(cfg.torch_threads)
     seed_everything(cfg.seed, cfg.deterministic_torch)
     device = resolve_device(cfg.device)
-    probe = make_env(env_spec(cfg, "train", 1))
-    obs_shape, num_actions = probe.obs_shape, probe.num_actions
-    probe.close()
     agent = make_agent(cfg, obs_shape, num_actions, device)
     vae_module = None if vae is None else VAEAux(agent.encoder.output_dim, obs_shape, vae).to(device)
     vae_scales = None if vae is None else vae_scales_of(vae)
