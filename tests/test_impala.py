@@ -313,3 +313,123 @@ def test_vae_on_non_image_observations_is_refused_before_the_run_starts(tmp_path
         train(small_cfg(str(run_dir)), ImpalaConfig(num_actors=1, envs_per_actor=1, unroll_length=4, batch_size=1),
               VAEConfig())
     assert not run_dir.exists()  # nothing written, no Ray started
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The actor pool's bookkeeping, with Ray replaced by a scripted fake (no processes): restarts counted once per
+# death, an exception inside an actor (env crash) kills it for a restart, too many failures stop the run.
+
+
+class _FakeRef:
+    def __init__(self, actor: int, outcome: object) -> None:
+        self.actor, self.outcome = actor, outcome
+
+
+class _FakeRay:
+    """Each actor answers its requests from a script: an int is the pid of a good unroll, an exception is raised;
+    the script's last entry repeats."""
+
+    def __init__(self, scripts: dict[int, list[object]], template) -> None:
+        self.scripts, self.template, self.killed = scripts, template, []
+
+    def handle(self, index: int):
+        fake = self
+
+        class Method:
+            def remote(self, weights, version):
+                script = fake.scripts[index]  # the last entry repeats forever
+                return _FakeRef(index, script.pop(0) if len(script) > 1 else script[0])
+
+        class Handle:
+            unroll = Method()
+
+        return Handle()
+
+    def get(self, ref):
+        if isinstance(ref.outcome, BaseException):
+            raise ref.outcome
+        import dataclasses
+
+        return dataclasses.replace(self.template, actor_index=ref.actor, actor_pid=ref.outcome)
+
+    def wait(self, refs, num_returns=1, timeout=None):
+        return refs[:num_returns], refs[num_returns:]
+
+    def kill(self, handle, no_restart=True):
+        self.killed.append(handle)
+
+    def put(self, value):
+        return value
+
+
+def _fake_pool(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, scripts: dict[int, list[object]], max_restarts: int):
+    import ray
+
+    from multiscene.algos.impala import loop
+
+    _cfg, _impala, agent, actor = learner_and_actor(tmp_path, envs=1, T=3)
+    fake = _FakeRay(scripts, actor.unroll([agent.state_dict()], 0))
+    for name in ("get", "wait", "kill", "put"):
+        monkeypatch.setattr(ray, name, getattr(fake, name))
+    monkeypatch.setattr(loop.time, "sleep", lambda s: None)
+
+    class FakeActorClass:
+        @staticmethod
+        def remote(cfg, impala, index, incarnation):
+            return fake.handle(index)
+
+    monkeypatch.setattr(loop, "remote_actor_class", lambda impala: FakeActorClass)
+    impala = ImpalaConfig(num_actors=len(scripts), envs_per_actor=1, unroll_length=3, batch_size=2,
+                          max_actor_restarts=max_restarts)
+    pool = loop.ActorPool(_cfg, impala, incarnation=0)
+    pool.publish(agent.state_dict(), 0)
+    pool.start()
+    return pool, fake
+
+
+def test_pool_counts_each_death_once_and_restarts_crashed_actors(monkeypatch, tmp_path: Path) -> None:
+    from ray.exceptions import ActorUnavailableError, RayActorError, RayTaskError
+
+    from multiscene.envs.base import EnvError
+
+    scripts = {
+        # actor 0: killed; two "unavailable" answers while Ray restarts it (one death), then a new process
+        0: [100, RayActorError(), ActorUnavailableError("restarting", None), 101, 101, 101, 101],
+        # actor 1: an env crash inside it (we kill it for a restart), then a new process
+        1: [200, RayTaskError("unroll", "traceback", EnvError("env crashed")), 201, 201, 201, 201],
+    }
+    pool, fake = _fake_pool(monkeypatch, tmp_path, scripts, max_restarts=3)
+    pids = []
+    for _ in range(4):
+        batch = pool.next_batch(2, lambda: False)
+        assert sum(u.actions.shape[1] for u in batch) == 2
+        pids += [u.actor_pid for u in batch]
+    assert pool.restarts == 2  # two deaths, not three error answers
+    assert len(fake.killed) == 1  # only the crashed actor is killed by us; Ray restarts the dead one itself
+    assert {100, 101, 200, 201} <= set(pids)
+    assert any("EnvError" in m or "RayTaskError" in m for m in pool.messages)
+
+
+def test_pool_counts_a_silent_restart_by_its_new_pid(monkeypatch, tmp_path: Path) -> None:
+    pool, _ = _fake_pool(monkeypatch, tmp_path, {0: [100, 100, 555, 555, 555]}, max_restarts=3)
+    for _ in range(2):
+        pool.next_batch(2, lambda: False)
+    assert pool.restarts == 1
+
+
+def test_pool_gives_up_past_the_restart_limit(monkeypatch, tmp_path: Path) -> None:
+    from ray.exceptions import RayActorError
+
+    from multiscene.algos.impala.loop import ActorFailed
+
+    pool, _ = _fake_pool(monkeypatch, tmp_path, {0: [RayActorError() for _ in range(10)]}, max_restarts=1)
+    with pytest.raises(ActorFailed, match="--impala.max-actor-restarts"):
+        pool.next_batch(2, lambda: False)
+
+
+def test_pool_stops_waiting_when_asked(monkeypatch, tmp_path: Path) -> None:
+    from ray.exceptions import ActorUnavailableError
+
+    pool, _ = _fake_pool(monkeypatch, tmp_path, {0: [ActorUnavailableError("x", None) for _ in range(3)]},
+                         max_restarts=10)
+    assert pool.next_batch(2, lambda: True) is None
