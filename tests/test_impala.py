@@ -433,3 +433,35 @@ def test_pool_stops_waiting_when_asked(monkeypatch, tmp_path: Path) -> None:
     pool, _ = _fake_pool(monkeypatch, tmp_path, {0: [ActorUnavailableError("x", None) for _ in range(3)]},
                          max_restarts=10)
     assert pool.next_batch(2, lambda: True) is None
+
+
+@pytest.mark.slow
+def test_ray_run_with_the_vae_on_procgen_checkpoints_and_resumes_it(tmp_path: Path) -> None:
+    """--aux vae through the whole loop: VAE weights in the checkpoint, restored on --resume and trained on,
+    the -ELBO logged. One Ray instance started here serves both runs (train leaves a caller's Ray running);
+    the final evaluation is off (coinrun episodes are long; the reconstruction grid is tested in test_vae)."""
+    import ray
+    from safetensors.torch import load_file
+
+    from multiscene.algos.impala.loop import train
+    from multiscene.auxloss.vae import VAEConfig
+
+    run_dir = tmp_path / "run"
+    impala = ImpalaConfig(num_actors=1, envs_per_actor=2, unroll_length=8, batch_size=2, actor_num_cpus=0.5)
+    common = dict(env="coinrun", critic="scalar", hidden_size=16, tensorboard=False)
+    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False)
+    try:
+        train(tiny_config(str(run_dir), total_timesteps=2 * 16, checkpoint_interval=1, final_eval=False, **common),
+              impala, VAEConfig(latent_dim=8))
+        first = load_file(run_dir / "model.safetensors")
+        assert any(k.startswith("vae.") for k in first)
+        train(tiny_config(str(run_dir), total_timesteps=3 * 16, resume=True, **common), impala)
+        assert ray.is_initialized()  # the caller's Ray is left running
+    finally:
+        ray.shutdown()
+    records = [r for r in read_metrics(run_dir / "metrics.jsonl") if "losses/policy_loss" in r]
+    assert [r["update"] for r in records] == [1, 2, 3]
+    assert all(r["vae/neg_elbo"] > 0 for r in records)
+    assert json.loads((run_dir / "config.json").read_text())["vae"]["latent_dim"] == 8
+    second = load_file(run_dir / "model.safetensors")
+    assert not torch.equal(first["vae.decoder_fc.weight"], second["vae.decoder_fc.weight"])  # trained on

@@ -255,6 +255,12 @@ def default_impala_run_dir(cfg: TrainConfig) -> Path:
     return Path("runs") / f"{cfg.env.replace(',', '+')}-impala-{cfg.critic}-s{cfg.seed}"
 
 
+def _validate_common(cfg: TrainConfig) -> None:
+    """``validate`` without the on-policy rollout-size checks (--num-envs x --num-steps, --num-minibatches):
+    IMPALA's sizes are --impala.*, checked by ``check_impala_config``."""
+    validate(dataclasses.replace(cfg, num_envs=1, num_steps=1, num_minibatches=1))
+
+
 def _save_record(run_dir: Path, cfg: TrainConfig, impala: ImpalaConfig, vae: VAEConfig | None) -> None:
     record = config_record(cfg)
     record["algo"] = "impala"
@@ -284,7 +290,7 @@ def train(
     from multiscene.evaluate import evaluate_run_splits
 
     impala = impala or ImpalaConfig()
-    validate(cfg)
+    _validate_common(cfg)
     check_impala_config(impala)
     if vae is not None:
         check_vae_config(vae)
@@ -312,7 +318,7 @@ def train(
             progress=cfg.progress, device=cfg.device,
         )
         impala = dataclasses.replace(saved_impala, ray_address=impala.ray_address)
-        validate(cfg)
+        _validate_common(cfg)
     else:
         cfg = dataclasses.replace(cfg, run_dir=str(run_dir))
         _save_record(run_dir, cfg, impala, vae)
