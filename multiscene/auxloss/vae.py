@@ -32,12 +32,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from multiscene.config import ConfigError, TrainConfig
+from multiscene.config import ConfigError
+
+if TYPE_CHECKING:  # config.py may import VAEConfig from here for its --vae.* group: no import cycle
+    from multiscene.config import TrainConfig
 
 __all__ = [
     "FRAME_SHAPE",
