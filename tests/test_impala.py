@@ -1,0 +1,467 @@
+"""IMPALA: the learner against on-policy A2C, actors' recurrent state, bad input, and Ray runs with faults.
+
+The Ray tests start real Ray processes; on the shared 2-core dev machine Ray itself takes ~30-50 s to start,
+so they are marked slow. Everything else runs without Ray in seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import tiny_config
+from torch.distributions import Categorical
+
+from multiscene.algos.impala import ImpalaConfig, check_impala_config
+from multiscene.algos.impala.actors import ImpalaActor
+from multiscene.algos.impala.learner import impala_loss, learner_step, stack_unrolls
+from multiscene.config import ConfigError
+from multiscene.gae import compute_gae
+from multiscene.logger import read_metrics
+from multiscene.models.agent import Agent
+
+ENV = "MiniGrid-HiddenPayoff-v0"
+
+
+def small_cfg(run_dir: str, **changes: object):
+    base = dict(env=ENV, critic="scalar", hidden_size=32, max_episode_steps=8, num_levels=10, gamma=0.9)
+    base.update(changes)
+    return tiny_config(run_dir, **base)
+
+
+def learner_and_actor(tmp_path: Path, critic: str = "scalar", envs: int = 3, T: int = 12):
+    cfg = small_cfg(str(tmp_path / "run"), critic=critic)
+    impala = ImpalaConfig(num_actors=1, envs_per_actor=envs, unroll_length=T, batch_size=envs)
+    torch.manual_seed(0)
+    actor = ImpalaActor(cfg, impala, actor_index=0)
+    agent = Agent(actor.envs.obs_shape, actor.envs.num_actions, cfg)
+    return cfg, impala, agent, actor
+
+
+def test_zero_lag_gradient_equals_the_on_policy_a2c_gradient(tmp_path: Path) -> None:
+    """Actor weights = learner weights: V-trace targets are n-step returns and rho = 1, so the IMPALA loss must
+    have the gradient of A2C with GAE(lambda = 1) advantages on the same batch (same costs, same means)."""
+    cfg, impala, agent, actor = learner_and_actor(tmp_path)
+    unroll = actor.unroll([agent.state_dict()], version=0)
+    assert unroll.dones.any(), "the unroll should cross an episode end (max_episode_steps 8 < T 12)"
+
+    agent.zero_grad()
+    loss, metrics = impala_loss(agent, unroll, cfg.gamma, impala, aux_scales={})
+    loss.backward()
+    impala_grads = [p.grad.clone() for p in agent.parameters()]
+    assert float(metrics["impala/rho_mean"]) == pytest.approx(1.0, abs=1e-5)  # zero lag: pi = mu
+
+    # A2C written out by hand from the library's GAE, independent of vtrace.py.
+    agent.zero_grad()
+    T = unroll.actions.shape[0]
+    out = agent(unroll.obs, unroll.first, unroll.prev_action, unroll.prev_reward, unroll.initial_state)
+    dist = Categorical(logits=out.logits[:T])
+    values = out.values[:T, :, 0]
+    advantages, returns = compute_gae(unroll.rewards, values.detach(), unroll.dones, out.values[T, :, 0].detach(),
+                                      cfg.gamma, 1.0)
+    a2c = (-(dist.log_prob(unroll.actions) * advantages).mean()
+           + impala.baseline_cost * 0.5 * (returns - values).pow(2).mean()
+           - impala.entropy_cost * dist.entropy().mean())
+    a2c.backward()
+    for (name, _), g_impala, p in zip(agent.named_parameters(), impala_grads, agent.parameters()):
+        torch.testing.assert_close(g_impala, p.grad, atol=1e-6, rtol=1e-4, msg=name)
+    assert sum(float(g.abs().sum()) for g in impala_grads) > 0
+
+
+def test_stale_policy_is_corrected_and_the_step_moves_the_weights(tmp_path: Path) -> None:
+    cfg, impala, agent, actor = learner_and_actor(tmp_path, critic="sparse-dve")
+    stale = {k: v + 0.05 * torch.randn_like(v) if v.is_floating_point() else v for k, v in agent.state_dict().items()}
+    unroll = actor.unroll([stale], version=0)
+    optimizer = torch.optim.Adam(agent.parameters(), lr=1e-3)
+    before = [p.detach().clone() for p in agent.parameters()]
+    result = learner_step(agent, optimizer, unroll, cfg.gamma, impala,
+                          aux_scales={"cc_confusion": 0.1, "cc_contribution": 0.1})
+    assert not result.skipped
+    assert abs(result.metrics["impala/rho_mean"] - 1.0) > 1e-4  # behaviour != target: weights are used
+    assert {"losses/cc_confusion", "losses/cc_contribution", "losses/grad_norm"} <= set(result.metrics)
+    assert any(not torch.equal(b, p) for b, p in zip(before, agent.parameters()))
+
+
+def test_unrolls_carry_the_lstm_state_from_one_to_the_next(tmp_path: Path) -> None:
+    """Replaying unroll 1 from its initial state must end in unroll 2's initial state (T steps), and the
+    learner's recomputed log-probs must equal the actor's step-by-step ones."""
+    cfg, impala, agent, actor = learner_and_actor(tmp_path, envs=2, T=10)
+    weights = [agent.state_dict()]
+    first, second = actor.unroll(weights, 0), actor.unroll(weights, 0)
+    T = first.actions.shape[0]
+    with torch.no_grad():
+        out = agent(first.obs[:T], first.first[:T], first.prev_action[:T], first.prev_reward[:T], first.initial_state)
+        logp = Categorical(logits=out.logits).log_prob(first.actions)
+    for replayed, carried in zip(out.state, second.initial_state):
+        torch.testing.assert_close(replayed, carried, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(logp, first.behaviour_logp, atol=1e-5, rtol=1e-5)
+    # Continuity: the bootstrap observation of unroll 1 is the first observation of unroll 2.
+    torch.testing.assert_close(first.obs[T], second.obs[0])
+    stacked = stack_unrolls([first, second])
+    assert stacked.actions.shape == (T, 4) and stacked.initial_state[0].shape[1] == 4
+
+
+def test_bad_impala_config_names_the_flag() -> None:
+    with pytest.raises(ConfigError, match="--impala.batch-size"):
+        check_impala_config(ImpalaConfig(envs_per_actor=3, batch_size=32))
+    with pytest.raises(ConfigError, match="--impala.num-actors"):
+        check_impala_config(ImpalaConfig(num_actors=0))
+
+
+def test_unreachable_ray_address_is_a_config_error() -> None:
+    from multiscene.algos.impala.loop import connect_ray
+
+    with pytest.raises(ConfigError, match="--impala.ray-address"):
+        connect_ray(ImpalaConfig(ray_address="127.0.0.1:1"))  # port 1: connection refused at once
+    with pytest.raises(ConfigError, match="--impala.ray-address"):
+        connect_ray(ImpalaConfig(ray_address="no-port-here"))
+
+
+def test_more_actors_than_cpus_warns_and_says_what_happens(monkeypatch: pytest.MonkeyPatch) -> None:
+    import ray
+
+    from multiscene.algos.impala import loop
+
+    calls: list[dict] = []
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda **kw: calls.append(kw))
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    with pytest.warns(UserWarning, match="time-shares the cores"):
+        assert loop.connect_ray(ImpalaConfig(num_actors=8)) is True
+    assert calls[0]["num_cpus"] == 9  # every actor gets its logical CPU, plus the learner
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Ray runs
+
+
+def tagged_processes(tag: str) -> list[int]:
+    """Pids of live processes whose environment carries ``MULTISCENE_TEST_TAG=tag`` (Ray's raylet, GCS and
+    workers inherit the driver's environment), read from /proc so other users of the machine are not counted."""
+    pids = []
+    needle = f"MULTISCENE_TEST_TAG={tag}".encode()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                if needle in f.read().split(b"\0"):
+                    with open(f"/proc/{entry}/stat") as s:
+                        if s.read().split(") ")[-1].startswith("Z"):
+                            continue  # a zombie is already dead
+                    pids.append(int(entry))
+        except OSError:
+            continue
+    return pids
+
+
+def ray_cfg(run_dir: Path, total: int, **changes: object):
+    return small_cfg(str(run_dir), total_timesteps=total, max_episode_steps=24, checkpoint_interval=2,
+                     eval_episodes=2, eval_num_envs=2, tensorboard=False, **changes)
+
+
+RAY_IMPALA = ImpalaConfig(num_actors=2, envs_per_actor=2, unroll_length=16, batch_size=4, learning_rate=1e-3,
+                          actor_num_cpus=0.5)
+
+
+@pytest.mark.slow
+def test_ray_run_survives_a_killed_actor_and_resumes(tmp_path: Path) -> None:
+    """One local Ray (started by train itself), 2 actors: a tiny budget end to end with one actor killed
+    mid-run, then --resume with a larger budget; afterwards no Ray process of ours is left."""
+    from multiscene.algos.impala.loop import train
+
+    tag = uuid.uuid4().hex
+    os.environ["MULTISCENE_TEST_TAG"] = tag
+    try:
+        run_dir = tmp_path / "run"
+        killed_pid: list[int] = []
+        new_pid: list[int] = []
+
+        def kill_once(update: int, pool) -> None:
+            import ray
+
+            if update == 2:
+                killed_pid.append(ray.get(pool.handles[0].ping.remote()))
+                pool.kill_actor(0)
+            if update == 8:  # the last update: the killed actor must be back, in a new process
+                deadline = time.time() + 120
+                while not new_pid and time.time() < deadline:
+                    try:
+                        new_pid.append(ray.get(pool.handles[0].ping.remote(), timeout=60))
+                    except ray.exceptions.ActorUnavailableError:  # still restarting
+                        time.sleep(1.0)
+
+        steps = RAY_IMPALA.steps_per_update  # 64 env steps per update
+        train(ray_cfg(run_dir, total=8 * steps), RAY_IMPALA, on_update=kill_once)
+        records = [r for r in read_metrics(run_dir / "metrics.jsonl") if "losses/policy_loss" in r]
+        assert [r["update"] for r in records] == list(range(1, 9))
+        assert records[-1]["impala/actor_restarts"] >= 1
+        assert new_pid and new_pid[0] != killed_pid[0]
+        for key in ("impala/policy_lag_mean", "impala/queue_depth", "impala/actor_sps", "impala/learner_sps"):
+            assert key in records[-1]
+        assert (run_dir / "config.json").exists() and (run_dir / "model.safetensors").exists()
+        final = json.loads((run_dir / "eval" / "final.json").read_text())
+        assert final["train"]["episodes"] == 2 and final["test"]["episodes"] == 2
+        assert json.loads((run_dir / "config.json").read_text())["impala"]["num_actors"] == 2
+
+        train(ray_cfg(run_dir, total=12 * steps, resume=True), RAY_IMPALA)
+        records = [r for r in read_metrics(run_dir / "metrics.jsonl") if "losses/policy_loss" in r]
+        assert [r["update"] for r in records] == list(range(1, 13))
+        assert records[8]["global_step"] == 9 * steps  # continued from the checkpoint of update 8
+        assert records[-1]["impala/actor_restarts"] >= 1  # the count survives the resume
+        time.sleep(2.0)
+        assert tagged_processes(tag) == [], "Ray processes left behind after the runs"
+    finally:
+        os.environ.pop("MULTISCENE_TEST_TAG", None)
+
+
+SIGINT_SCRIPT = textwrap.dedent(
+    """
+    import sys
+    from conftest import tiny_config
+    from multiscene.algos.impala import ImpalaConfig
+    from multiscene.algos.impala.loop import train
+    cfg = tiny_config(sys.argv[1], env="MiniGrid-HiddenPayoff-v0", critic="scalar", hidden_size=32,
+                      max_episode_steps=24, num_levels=10, total_timesteps=10**7, checkpoint_interval=1000,
+                      tensorboard=False)
+    train(cfg, ImpalaConfig(num_actors=2, envs_per_actor=2, unroll_length=16, batch_size=4, actor_num_cpus=0.5))
+    print("EXITED CLEANLY", flush=True)
+    """
+)
+
+
+@pytest.mark.slow
+def test_sigint_checkpoints_stops_actors_and_leaves_no_ray_processes(tmp_path: Path) -> None:
+    tag = uuid.uuid4().hex
+    run_dir = tmp_path / "run"
+    env = {**os.environ, "MULTISCENE_TEST_TAG": tag,
+           "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), str(Path(__file__).parents[1])])}
+    proc = subprocess.Popen([sys.executable, "-c", SIGINT_SCRIPT, str(run_dir)], env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and proc.poll() is None:
+            if len(read_metrics(run_dir / "metrics.jsonl")) >= 2:
+                break
+            time.sleep(0.5)
+        assert proc.poll() is None, proc.communicate()[0]
+        proc.send_signal(signal.SIGINT)
+        output, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, output
+    assert "EXITED CLEANLY" in output
+    # checkpoint_interval is 1000, so a checkpoint exists only because SIGINT wrote one, at the last update.
+    from multiscene.checkpoint import load_latest_checkpoint
+
+    ckpt = load_latest_checkpoint(run_dir)
+    assert ckpt is not None
+    assert ckpt.update == read_metrics(run_dir / "metrics.jsonl")[-1]["update"] >= 2
+    assert not (run_dir / "eval" / "final.json").exists()  # stopped early: no final evaluation
+    time.sleep(2.0)
+    assert tagged_processes(tag) == [], "Ray processes left behind after Ctrl-C"
+
+
+def test_learner_step_with_the_vae_on_procgen_frames(tmp_path: Path) -> None:
+    """--aux vae in the IMPALA learner: the named VAE terms join the loss with their scales, and the VAE's
+    gradient reaches the shared encoder (the RL heads read the encoder features, not z)."""
+    from multiscene.auxloss.vae import VAEAux, VAEConfig, scales
+
+    cfg = tiny_config(str(tmp_path / "run"), env="coinrun", critic="scalar", hidden_size=32)
+    impala = ImpalaConfig(num_actors=1, envs_per_actor=2, unroll_length=4, batch_size=2)
+    torch.manual_seed(0)
+    actor = ImpalaActor(cfg, impala, actor_index=0)
+    agent = Agent(actor.envs.obs_shape, actor.envs.num_actions, cfg)
+    unroll = actor.unroll([agent.state_dict()], version=0)
+    vae_cfg = VAEConfig(latent_dim=8)
+    vae = VAEAux(agent.encoder.output_dim, actor.envs.obs_shape, vae_cfg)
+
+    def encoder_grad(vae_scales: dict[str, float]) -> torch.Tensor:
+        agent.zero_grad()
+        vae.zero_grad()
+        loss, metrics = impala_loss(agent, unroll, cfg.gamma, impala, {}, vae, vae_scales)
+        loss.backward()
+        assert {"losses/vae_recon", "losses/vae_kl", "vae/neg_elbo"} <= set(metrics)
+        assert float(metrics["vae/neg_elbo"]) > 0
+        return agent.encoder.stages[0].conv.weight.grad.clone()
+
+    torch.manual_seed(1)
+    with_vae = encoder_grad(scales(vae_cfg))
+    torch.manual_seed(1)
+    without = encoder_grad({"vae_recon": 0.0, "vae_kl": 0.0})
+    assert float((with_vae - without).abs().max()) > 1e-6
+    assert vae.decoder_fc.weight.grad is not None
+    actor.close()
+
+
+def test_vae_on_non_image_observations_is_refused_before_the_run_starts(tmp_path: Path) -> None:
+    from multiscene.algos.impala.loop import train
+    from multiscene.auxloss.vae import VAEConfig
+
+    run_dir = tmp_path / "run"
+    with pytest.raises(ConfigError, match="--aux"):
+        train(small_cfg(str(run_dir)), ImpalaConfig(num_actors=1, envs_per_actor=1, unroll_length=4, batch_size=1),
+              VAEConfig())
+    assert not run_dir.exists()  # nothing written, no Ray started
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The actor pool's bookkeeping, with Ray replaced by a scripted fake (no processes): restarts counted once per
+# death, an exception inside an actor (env crash) kills it for a restart, too many failures stop the run.
+
+
+class _FakeRef:
+    def __init__(self, actor: int, outcome: object) -> None:
+        self.actor, self.outcome = actor, outcome
+
+
+class _FakeRay:
+    """Each actor answers its requests from a script: an int is the pid of a good unroll, an exception is raised;
+    the script's last entry repeats."""
+
+    def __init__(self, scripts: dict[int, list[object]], template) -> None:
+        self.scripts, self.template, self.killed = scripts, template, []
+
+    def handle(self, index: int):
+        fake = self
+
+        class Method:
+            def remote(self, weights, version):
+                script = fake.scripts[index]  # the last entry repeats forever
+                return _FakeRef(index, script.pop(0) if len(script) > 1 else script[0])
+
+        class Handle:
+            unroll = Method()
+
+        return Handle()
+
+    def get(self, ref):
+        if isinstance(ref.outcome, BaseException):
+            raise ref.outcome
+        import dataclasses
+
+        return dataclasses.replace(self.template, actor_index=ref.actor, actor_pid=ref.outcome)
+
+    def wait(self, refs, num_returns=1, timeout=None):
+        return refs[:num_returns], refs[num_returns:]
+
+    def kill(self, handle, no_restart=True):
+        self.killed.append(handle)
+
+    def put(self, value):
+        return value
+
+
+def _fake_pool(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, scripts: dict[int, list[object]], max_restarts: int):
+    import ray
+
+    from multiscene.algos.impala import loop
+
+    _cfg, _impala, agent, actor = learner_and_actor(tmp_path, envs=1, T=3)
+    fake = _FakeRay(scripts, actor.unroll([agent.state_dict()], 0))
+    for name in ("get", "wait", "kill", "put"):
+        monkeypatch.setattr(ray, name, getattr(fake, name))
+    monkeypatch.setattr(loop.time, "sleep", lambda s: None)
+
+    class FakeActorClass:
+        @staticmethod
+        def remote(cfg, impala, index, incarnation):
+            return fake.handle(index)
+
+    monkeypatch.setattr(loop, "remote_actor_class", lambda impala: FakeActorClass)
+    impala = ImpalaConfig(num_actors=len(scripts), envs_per_actor=1, unroll_length=3, batch_size=2,
+                          max_actor_restarts=max_restarts)
+    pool = loop.ActorPool(_cfg, impala, incarnation=0)
+    pool.publish(agent.state_dict(), 0)
+    pool.start()
+    return pool, fake
+
+
+def test_pool_counts_each_death_once_and_restarts_crashed_actors(monkeypatch, tmp_path: Path) -> None:
+    from ray.exceptions import ActorUnavailableError, RayActorError, RayTaskError
+
+    from multiscene.envs.base import EnvError
+
+    scripts = {
+        # actor 0: killed; two "unavailable" answers while Ray restarts it (one death), then a new process
+        0: [100, RayActorError(), ActorUnavailableError("restarting", None), 101, 101, 101, 101],
+        # actor 1: an env crash inside it (we kill it for a restart), then a new process
+        1: [200, RayTaskError("unroll", "traceback", EnvError("env crashed")), 201, 201, 201, 201],
+    }
+    pool, fake = _fake_pool(monkeypatch, tmp_path, scripts, max_restarts=3)
+    pids = []
+    for _ in range(4):
+        batch = pool.next_batch(2, lambda: False)
+        assert sum(u.actions.shape[1] for u in batch) == 2
+        pids += [u.actor_pid for u in batch]
+    assert pool.restarts == 2  # two deaths, not three error answers
+    assert len(fake.killed) == 1  # only the crashed actor is killed by us; Ray restarts the dead one itself
+    assert {100, 101, 200, 201} <= set(pids)
+    assert any("EnvError" in m or "RayTaskError" in m for m in pool.messages)
+
+
+def test_pool_counts_a_silent_restart_by_its_new_pid(monkeypatch, tmp_path: Path) -> None:
+    pool, _ = _fake_pool(monkeypatch, tmp_path, {0: [100, 100, 555, 555, 555]}, max_restarts=3)
+    for _ in range(2):
+        pool.next_batch(2, lambda: False)
+    assert pool.restarts == 1
+
+
+def test_pool_gives_up_past_the_restart_limit(monkeypatch, tmp_path: Path) -> None:
+    from ray.exceptions import RayActorError
+
+    from multiscene.algos.impala.loop import ActorFailed
+
+    pool, _ = _fake_pool(monkeypatch, tmp_path, {0: [RayActorError() for _ in range(10)]}, max_restarts=1)
+    with pytest.raises(ActorFailed, match="--impala.max-actor-restarts"):
+        pool.next_batch(2, lambda: False)
+
+
+def test_pool_stops_waiting_when_asked(monkeypatch, tmp_path: Path) -> None:
+    from ray.exceptions import ActorUnavailableError
+
+    pool, _ = _fake_pool(monkeypatch, tmp_path, {0: [ActorUnavailableError("x", None) for _ in range(3)]},
+                         max_restarts=10)
+    assert pool.next_batch(2, lambda: True) is None
+
+
+@pytest.mark.slow
+def test_ray_run_with_the_vae_on_procgen_checkpoints_and_resumes_it(tmp_path: Path) -> None:
+    """--aux vae through the whole loop: VAE weights in the checkpoint, restored on --resume and trained on,
+    the -ELBO logged. One Ray instance started here serves both runs (train leaves a caller's Ray running);
+    the final evaluation is off (coinrun episodes are long; the reconstruction grid is tested in test_vae)."""
+    import ray
+    from safetensors.torch import load_file
+
+    from multiscene.algos.impala.loop import train
+    from multiscene.auxloss.vae import VAEConfig
+
+    run_dir = tmp_path / "run"
+    impala = ImpalaConfig(num_actors=1, envs_per_actor=2, unroll_length=8, batch_size=2, actor_num_cpus=0.5)
+    common = dict(env="coinrun", critic="scalar", hidden_size=16, tensorboard=False)
+    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False)
+    try:
+        train(tiny_config(str(run_dir), total_timesteps=2 * 16, checkpoint_interval=1, final_eval=False, **common),
+              impala, VAEConfig(latent_dim=8))
+        first = load_file(run_dir / "model.safetensors")
+        assert any(k.startswith("vae.") for k in first)
+        train(tiny_config(str(run_dir), total_timesteps=3 * 16, resume=True, **common), impala)
+        assert ray.is_initialized()  # the caller's Ray is left running
+    finally:
+        ray.shutdown()
+    records = [r for r in read_metrics(run_dir / "metrics.jsonl") if "losses/policy_loss" in r]
+    assert [r["update"] for r in records] == [1, 2, 3]
+    assert all(r["vae/neg_elbo"] > 0 for r in records)
+    assert json.loads((run_dir / "config.json").read_text())["vae"]["latent_dim"] == 8
+    second = load_file(run_dir / "model.safetensors")
+    assert not torch.equal(first["vae.decoder_fc.weight"], second["vae.decoder_fc.weight"])  # trained on
