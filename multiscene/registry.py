@@ -29,6 +29,7 @@ ALGORITHMS: dict[str, str] = {
     "ppo": "multiscene.algos.onpolicy.ppo:PPO",
     "a2c": "multiscene.algos.onpolicy.a2c:A2C",
     "acktr": "multiscene.algos.onpolicy.acktr:ACKTR",
+    "impala": "multiscene.algos.impala:IMPALA",
 }
 
 CRITICS: dict[str, str] = {
@@ -46,7 +47,9 @@ ENCODERS: dict[str, str] = {
 }
 """``--encoder NAME``; ``auto`` (the default) picks by observation shape (multiscene.models.encoders)."""
 
-AUX_LOSSES: dict[str, str] = {}
+AUX_LOSSES: dict[str, str] = {
+    "vae": "multiscene.auxloss.vae:VAEAux",
+}
 """``--aux NAME``; ``none`` (no auxiliary loss) is always allowed."""
 
 OPTION_GROUPS: dict[str, str] = {

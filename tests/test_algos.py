@@ -173,3 +173,25 @@ def test_bootstrap_truncation_follows_what_the_env_can_report():
     cfg = parse_train_args(["--preset", "quickstart", "--env", "coinrun", "--bootstrap-truncation"])
     with pytest.raises(ConfigError, match="--bootstrap-truncation: coinrun cannot tell"):
         validate(cfg)
+
+
+@pytest.mark.parametrize("algo", ["ppo", "a2c"])
+def test_vae_auxiliary_loss_trains_under_on_policy_algorithms(tmp_path, algo):
+    """Issue 12: --aux vae for every algorithm; the VAE lives in the agent, so it is checkpointed with it."""
+    cfg = tiny_config(str(tmp_path / "run"), env="coinrun", algo=algo, critic="scalar", aux="vae", final_eval=False,
+                      num_levels=5, vae={"latent_dim": 8})
+    run = train(cfg)
+    records = [r for r in read_metrics(run / "metrics.jsonl") if "losses/policy_loss" in r]
+    assert len(records) == 3
+    assert all(r["losses/vae_recon"] > 0 and r["losses/vae_kl"] >= 0 for r in records)
+    assert all(r["schedule/vae_recon"] == 1.0 for r in records)
+    from safetensors.torch import load_file
+
+    assert any(k.startswith("agent.aux.") for k in load_file(str(run / "model.safetensors")))
+
+
+def test_vae_on_vector_observations_is_refused_before_a_run_exists(tmp_path):
+    cfg = parse_train_args(["--env", "CartPole-v1", "--aux", "vae", "--run-dir", str(tmp_path / "run")])
+    with pytest.raises(ConfigError, match="--aux vae needs 64x64x3 image observations"):
+        train(cfg)
+    assert not (tmp_path / "run").exists()

@@ -75,10 +75,16 @@ class VAEConfig:
     """Weight of -ELBO in the total loss. Default 1.0: seed 002 §3 adds the VAE loss and the IMPALA loss into
     one objective without a weight (Table A-1 lists none)."""
 
+    def validate(self, cfg: TrainConfig) -> None:
+        check_vae_config(self)
 
-def scales(cfg: VAEConfig) -> dict[str, float]:
+
+def term_scales(cfg: VAEConfig) -> dict[str, float]:
     """The loop's scale per term of ``VAEAux.losses``: ``{"vae_recon": coef, "vae_kl": coef * beta}``."""
     return {"vae_recon": cfg.coef, "vae_kl": cfg.coef * cfg.beta}
+
+
+scales = term_scales  # the name the IMPALA loop and the tests use
 
 
 def check_vae_config(cfg: VAEConfig) -> None:
@@ -103,6 +109,16 @@ class VAEAux(nn.Module):
     """Latent head on the encoder features plus the frame decoder; see the module docstring."""
 
     term_names: tuple[str, str] = VAE_TERMS
+    config_group = ("vae", VAEConfig)
+
+    @classmethod
+    def from_config(cls, cfg: TrainConfig, obs_shape: tuple[int, ...], feature_dim: int) -> VAEAux:
+        """``--aux vae`` for any algorithm: built by the agent on its encoder's features."""
+        return cls(feature_dim, obs_shape, cfg.vae)  # type: ignore[attr-defined]
+
+    def scales(self, cfg: TrainConfig) -> dict[str, float]:  # type: ignore[no-redef]
+        """The loop's scale per term, the keys of ``losses`` (the module's ``scales`` of ``cfg.vae``)."""
+        return term_scales(cfg.vae)  # type: ignore[attr-defined]
 
     def __init__(self, feature_dim: int, obs_shape: tuple[int, ...], cfg: VAEConfig) -> None:
         super().__init__()

@@ -42,7 +42,7 @@ class Agent(nn.Module):
     """``forward(obs, first, prev_action, prev_reward, state) -> AgentOutput``, all time-major [T, B, ...].
 
     ``num_actions`` is the number of discrete actions, or with ``continuous=True`` the action dimension.
-    Float (vector) observations pass through a running mean/std normalizer whose statistics are buffers (saved
+    With ``--aux NAME`` the auxiliary loss's module lives in ``self.aux``. Float (vector) observations pass through a running mean/std normalizer whose statistics are buffers (saved
     with the weights, frozen outside training); uint8 observations are scaled inside the encoder.
     """
 
@@ -68,6 +68,12 @@ class Agent(nn.Module):
             self.log_std = nn.Parameter(torch.zeros(num_actions))
         if self.float_obs:
             self.obs_norm = RunningObsNorm(self.obs_shape)
+        if cfg.aux != "none":
+            from multiscene import registry
+
+            # The auxiliary loss's module (seed 002's VAE) reads the encoder's features: its weights are part
+            # of the agent, so they are optimized, checkpointed and restored with it.
+            self.aux = registry.load("aux", cfg.aux).from_config(cfg, self.obs_shape, enc_dim)
 
     @classmethod
     def for_env(cls, envs: VecEnv, cfg: TrainConfig) -> Agent:

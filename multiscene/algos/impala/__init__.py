@@ -13,8 +13,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from multiscene.config import ConfigError
+
+if TYPE_CHECKING:
+    from multiscene.config import TrainConfig
 
 __all__ = ["ImpalaConfig", "check_impala_config"]
 
@@ -89,3 +94,19 @@ def check_impala_config(impala: ImpalaConfig) -> None:
         raise ConfigError("--impala.actor-num-cpus and --impala.actor-num-gpus must be >= 0.")
     if impala.max_actor_restarts < 0:
         raise ConfigError(f"--impala.max-actor-restarts must be >= 0, got {impala.max_actor_restarts}.")
+
+
+class IMPALA:
+    """``--algo impala``: its own actor-learner loop (multiscene/algos/impala/loop.py) on Ray; options in
+    ``--impala.*``, ``--aux vae`` adds seed 002's VAE."""
+
+    name = "impala"
+    family = "impala"
+    config_group = ("impala", ImpalaConfig)
+    not_data_parallel = "IMPALA scales with Ray actors (--impala.num-actors, --impala.ray-address), not torchrun"
+
+    @classmethod
+    def train(cls, cfg: TrainConfig) -> Path:
+        from multiscene.algos.impala.loop import train
+
+        return train(cfg, cfg.impala, cfg.vae if cfg.aux == "vae" else None)  # type: ignore[attr-defined]

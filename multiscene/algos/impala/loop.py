@@ -34,6 +34,7 @@ import torch
 from multiscene.algos.impala import ImpalaConfig, check_impala_config
 from multiscene.algos.impala.actors import remote_actor_class
 from multiscene.algos.impala.learner import Unroll, learner_step, stack_unrolls
+from multiscene.algos.onpolicy.loop import eval_record
 from multiscene.auxloss.vae import (
     VAEAux,
     VAEConfig,
@@ -48,10 +49,9 @@ from multiscene.critics.schedule import make_cc_schedule
 from multiscene.envs import check_env_id, make_env
 from multiscene.logger import METRICS_FILE, MetricsLogger, Progress, truncate_metrics
 from multiscene.rundir import atomic_write_json, prepare_run_dir
-from multiscene.trainer import (
+from multiscene.runtime import (
     CONFIG_FILE,
-    _eval_record,
-    _SignalFlag,
+    SignalFlag,
     config_record,
     env_spec,
     load_config,
@@ -329,9 +329,13 @@ def train(
     seed_everything(cfg.seed, cfg.deterministic_torch)
     device = resolve_device(cfg.device)
     agent = make_agent(cfg, obs_shape, num_actions, device)
-    vae_module = None if vae is None else VAEAux(agent.encoder.output_dim, obs_shape, vae).to(device)
+    # With --aux vae the agent carries the VAE (``agent.aux``), so its weights travel and load with the agent's.
+    vae_module: VAEAux | None = getattr(agent, "aux", None) if vae is not None else None
+    if vae is not None and vae_module is None:  # called with a vae config but a cfg whose --aux is none
+        agent.aux = VAEAux(agent.encoder.output_dim, obs_shape, vae).to(device)
+        vae_module = agent.aux
     vae_scales = None if vae is None else vae_scales_of(vae)
-    params = list(agent.parameters()) + ([] if vae_module is None else list(vae_module.parameters()))
+    params = list(agent.parameters())
     optimizer = torch.optim.Adam(
         params, lr=impala.learning_rate, betas=(impala.adam_beta1, impala.adam_beta2), eps=impala.adam_eps
     )
@@ -350,8 +354,6 @@ def train(
         ckpt = load_latest_checkpoint(run_dir, warn=progress.message)
         if ckpt is not None:
             agent.load_state_dict({k[len("agent."):]: v for k, v in ckpt.tensors.items() if k.startswith("agent.")})
-            if vae_module is not None:
-                vae_module.load_state_dict({k[len("vae."):]: v for k, v in ckpt.tensors.items() if k.startswith("vae.")})
             optimizer.load_state_dict(ckpt.state["optimizer"])
             schedule.load_state_dict(ckpt.state["schedule"])
             set_rng_state(ckpt.state["rng"])
@@ -369,8 +371,6 @@ def train(
 
     def checkpoint() -> None:
         tensors = {f"agent.{k}": v for k, v in agent.state_dict().items()}
-        if vae_module is not None:
-            tensors.update({f"vae.{k}": v for k, v in vae_module.state_dict().items()})
         state = {
             "optimizer": optimizer.state_dict(),
             "schedule": schedule.state_dict(),
@@ -392,7 +392,7 @@ def train(
     try:
         # Ray first: our SIGINT/SIGTERM handlers must be the ones in force while the loop runs.
         started_ray = connect_ray(impala)
-        with _SignalFlag() as signals:
+        with SignalFlag() as signals:
             pool = ActorPool(cfg, impala, incarnation)
             pool.publish(agent.state_dict(), update)
             pool.start()
@@ -495,6 +495,6 @@ def train(
     if vae_module is not None:
         write_reconstructions(agent.encoder, vae_module, cfg, device, run_dir)
     final_logger = MetricsLogger(run_dir, tensorboard=False)
-    final_logger.log({"update": update, "global_step": global_step, **_eval_record(summary)})
+    final_logger.log({"update": update, "global_step": global_step, **eval_record(summary)})
     final_logger.close()
     return run_dir

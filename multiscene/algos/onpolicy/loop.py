@@ -71,6 +71,8 @@ def prepare_run(cfg: TrainConfig) -> tuple[TrainConfig, Path, Path | None]:
     (only the budget and run-time switches may change). Returns (cfg, run_dir, backup of an overwritten run)."""
     validate(cfg)
     check_env_id(cfg.env)
+    if not cfg.resume:
+        check_agent_fits_env(cfg)
     run_dir = Path(cfg.run_dir) if cfg.run_dir else default_run_dir(cfg)
     backup = prepare_run_dir(run_dir, resume=cfg.resume, overwrite=cfg.overwrite)
     if cfg.resume:
@@ -338,6 +340,16 @@ def _train(cfg: TrainConfig, algo: OnPolicyAlgorithm, ctx: dist.DistContext, dev
     final_logger.log({"update": update, "global_step": global_step, **eval_record(summary)})
     final_logger.close()
     return run_dir
+
+
+def check_agent_fits_env(cfg: TrainConfig) -> None:
+    """Build the agent once on a one-env probe, before any file is written: an encoder, action distribution or
+    auxiliary loss that cannot take the env's spaces is refused with its ConfigError and no run directory."""
+    probe = make_env(env_spec(cfg, "train", len(cfg.env.split(",")) if cfg.is_procgen else 1))
+    try:
+        Agent.for_env(probe, cfg)
+    finally:
+        probe.close()
 
 
 def tracking_args(cfg: TrainConfig, run_dir: Path) -> dict[str, Any]:
