@@ -229,7 +229,7 @@ def test_dreamer_config_rejects_bad_values() -> None:
 
 def _tiny_run(tmp_path, total: int, resume: bool = False, **changes: object):  # type: ignore[no-untyped-def]
     from multiscene.algos.dreamer.loop import train
-    from tests.conftest import tiny_config
+    from conftest import tiny_config
 
     cfg = tiny_config(str(tmp_path / "run"), env="MiniGrid-Empty-5x5-v0", critic="scalar", num_envs=2,
                       total_timesteps=total, resume=resume, tensorboard=False, max_episode_steps=12,
