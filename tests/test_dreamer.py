@@ -228,8 +228,9 @@ def test_dreamer_config_rejects_bad_values() -> None:
 
 
 def _tiny_run(tmp_path, total: int, resume: bool = False, **changes: object):  # type: ignore[no-untyped-def]
-    from multiscene.algos.dreamer.loop import train
     from conftest import tiny_config
+
+    from multiscene.algos.dreamer.loop import train
 
     cfg = tiny_config(str(tmp_path / "run"), env="MiniGrid-Empty-5x5-v0", critic="scalar", num_envs=2,
                       total_timesteps=total, resume=resume, tensorboard=False, max_episode_steps=12,
@@ -285,3 +286,4 @@ def test_resume_continues_identically(tmp_path) -> None:  # type: ignore[no-unty
     assert a is not None and b is not None
     for key in a.tensors:
         assert torch.allclose(a.tensors[key], b.tensors[key], atol=1e-6), key
+
