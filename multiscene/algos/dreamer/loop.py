@@ -273,10 +273,6 @@ def train(cfg: TrainConfig, dreamer: DreamerConfig, init_from: str | None = None
     progress = Progress(cfg.total_timesteps, cfg.progress)
     if backup is not None:
         progress.message(f"--overwrite: the previous run was moved to {backup}")
-    if init_from is not None and not resume:
-        update_from = init_agent_from(agent, Path(init_from))
-        progress.message(f"--init-from {init_from}: weights of its update {update_from}")
-        atomic_write_json(run_dir / "init_from.json", {"run_dir": str(init_from), "update": update_from})
 
     start = envs.reset()
     obs, first = torch.as_tensor(start.obs), torch.ones(B, dtype=torch.bool)
@@ -311,6 +307,11 @@ def train(cfg: TrainConfig, dreamer: DreamerConfig, init_from: str | None = None
         else:
             progress.message("--resume: no good checkpoint found; starting from step 0")
         truncate_metrics(run_dir / METRICS_FILE, update)
+    if init_from is not None and global_step == 0:
+        # A fresh start (or a resume before the first checkpoint) of a fine-tune/transfer run (seed 003 §4.2-4.3).
+        update_from = init_agent_from(agent, Path(init_from))
+        progress.message(f"--init-from {init_from}: weights of its update {update_from}")
+        atomic_write_json(run_dir / "init_from.json", {"run_dir": str(init_from), "update": update_from})
     logger = MetricsLogger(run_dir, tensorboard=cfg.tensorboard, purge_step=global_step if resume else None)
 
     def checkpoint() -> None:
