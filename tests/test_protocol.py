@@ -120,3 +120,9 @@ def test_end_to_end_with_tiny_dreamer_runs(tmp_path: Path) -> None:
     init = json.loads((tmp_path / "out" / "runs" / "transfer" / "MiniGrid-Empty-6x6-v0" / "s1" /
                        "init_from.json").read_text())
     assert init["run_dir"].endswith("joint/s1")
+    from multiscene.logger import read_metrics
+
+    records = read_metrics(tmp_path / "out" / "runs" / "joint" / "s1" / "metrics.jsonl")
+    level_keys = {k for r in records for k in r if k.startswith("levels/")}
+    assert any(k.endswith("/image_loss") for k in level_keys)  # per-level image loss (seed 003 Fig. 4)
+    assert all(k.split("/")[1] in LEVELS.split(",") for k in level_keys)

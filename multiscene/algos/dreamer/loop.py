@@ -178,6 +178,10 @@ class DreamerLearner:
         metrics["dreamer/critic_loss"] = float(critic_loss.detach())
         metrics["dreamer/model_grad_norm"] = float(model_norm)
         metrics["dreamer/padded_fraction"] = float(batch.padded.mean())
+        # Image loss per level of the sampled sequences (seed 003 Fig. 4); levels absent from a batch are absent.
+        per_sequence = out.image_nll.mean(0).cpu().numpy()
+        for level in np.unique(batch.level).tolist():
+            metrics[f"dreamer/image_loss_level/{level}"] = float(per_sequence[batch.level == level].mean())
         return metrics
 
 
@@ -343,7 +347,7 @@ def train(cfg: TrainConfig, dreamer: DreamerConfig, init_from: str | None = None
     episodes: list[EpisodeStats] = []
     extras: list[dict[str, Any]] = []
     sums: dict[str, float] = {}
-    count = 0
+    counts: dict[str, int] = {}
     level_names: list[str] | None = getattr(envs, "level_names", None)
     stop_reason: str | None = None
     with _SignalFlag() as signals:
@@ -398,13 +402,13 @@ def train(cfg: TrainConfig, dreamer: DreamerConfig, init_from: str | None = None
                         nonfinite_in_row = 0
                         for k, v in metrics.items():
                             sums[k] = sums.get(k, 0.0) + v
-                        count += 1
+                            counts[k] = counts.get(k, 0) + 1
                     train_time += time.time() - tick
 
                 # 4. Log every log_every env steps (and at the end).
                 done = global_step >= cfg.total_timesteps
                 if global_step // dreamer.log_every > previous_step // dreamer.log_every or done:
-                    record = _record(update, global_step, episodes, extras, sums, count, level_names)
+                    record = _record(update, global_step, episodes, extras, sums, counts, level_names)
                     elapsed = max(time.time() - start_time, 1e-9)
                     record["charts/SPS"] = (global_step - start_step) / elapsed
                     record["dreamer/train_steps"] = learner.train_steps
@@ -415,7 +419,7 @@ def train(cfg: TrainConfig, dreamer: DreamerConfig, init_from: str | None = None
                     progress.update(global_step, {"SPS": round(record["charts/SPS"]),
                                                   "return": record.get("charts/episodic_return"),
                                                   "image_loss": record.get("dreamer/image_loss")})
-                    episodes, extras, sums, count = [], [], {}, 0
+                    episodes, extras, sums, counts = [], [], {}, {}
 
                 # 5. Checkpoint.
                 if global_step // dreamer.checkpoint_every > previous_step // dreamer.checkpoint_every or done:
@@ -440,11 +444,16 @@ def train(cfg: TrainConfig, dreamer: DreamerConfig, init_from: str | None = None
 
 def _record(
     update: int, global_step: int, episodes: list[EpisodeStats], extras: list[dict[str, Any]],
-    sums: dict[str, float], count: int, level_names: list[str] | None,
+    sums: dict[str, float], counts: dict[str, int], level_names: list[str] | None,
 ) -> dict[str, Any]:
     record: dict[str, Any] = {"update": update, "global_step": global_step, "time": time.time()}
     for k, v in sums.items():
-        record[k] = v if k.startswith("nonfinite/") else v / max(count, 1)
+        if k.startswith("dreamer/image_loss_level/") and level_names is not None:
+            record[f"levels/{level_names[int(k.rsplit('/', 1)[1])]}/image_loss"] = v / counts[k]
+        elif k.startswith("dreamer/image_loss_level/"):
+            continue  # plain level seeds (MiniGrid, Procgen): too many to log one curve each
+        else:
+            record[k] = v if k.startswith("nonfinite/") else v / max(counts.get(k, 1), 1)
     if episodes:
         record["charts/episodic_return"] = float(np.mean([e.episode_return for e in episodes]))
         record["charts/episodic_length"] = float(np.mean([e.length for e in episodes]))

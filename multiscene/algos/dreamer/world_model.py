@@ -117,6 +117,8 @@ class WorldModelOutput(NamedTuple):
     """Diagnostics: prior/posterior entropies, raw (unclipped) KL."""
     posterior: RSSMState
     """[T, B, ...] posterior states (imagination starts from them)."""
+    image_nll: torch.Tensor
+    """[T, B] detached per-step image loss (per-level image-loss curves, seed 003 Fig. 4)."""
 
 
 class WorldModel(nn.Module):
@@ -192,7 +194,7 @@ class WorldModel(nn.Module):
         with torch.no_grad():
             kl_metrics["prior_entropy"] = float(_entropy(prior.logits).mean())
             kl_metrics["post_entropy"] = float(_entropy(post.logits).mean())
-        return WorldModelOutput(total, terms, kl_metrics, post)
+        return WorldModelOutput(total, terms, kl_metrics, post, image_nll.detach())
 
 
 def _entropy(logits: torch.Tensor) -> torch.Tensor:
