@@ -294,3 +294,25 @@ def test_resume_continues_identically(tmp_path) -> None:  # type: ignore[no-unty
     for key in a.tensors:
         assert torch.allclose(a.tensors[key], b.tensors[key], atol=1e-6), key
 
+
+
+def test_invalid_steps_do_not_count_in_the_world_model_loss() -> None:
+    """Masked steps change neither the loss nor its gradient (replay marks padding after time-limit cuts)."""
+    torch.manual_seed(0)
+    wm = WorldModel((5,), 2, SMALL)
+    T, B = 4, 2
+    obs = torch.randint(0, 10, (T, B, 5), dtype=torch.uint8)
+    action = torch.eye(2)[torch.randint(2, (T, B))]
+    first = torch.zeros(T, B, dtype=torch.bool)
+    valid = torch.ones(T, B, dtype=torch.bool)
+    valid[2:, 1] = False
+    reward, discount = torch.randn(T, B), torch.ones(T, B)
+    out_a = wm.loss(obs, action, reward, discount, first, SMALL, torch.Generator().manual_seed(1), valid)
+    reward_b, discount_b = reward.clone(), discount.clone()
+    reward_b[2:, 1], discount_b[2:, 1] = 100.0, 0.0  # garbage where invalid
+    out_b = wm.loss(obs, action, reward_b, discount_b, first, SMALL, torch.Generator().manual_seed(1), valid)
+    for name in out_a.terms:
+        assert torch.allclose(out_a.terms[name], out_b.terms[name]), name
+    unmasked = wm.loss(obs, action, reward, discount, first, SMALL, torch.Generator().manual_seed(1))
+    manual = 0.5 * (wm.predicted_reward(RSSM.features(unmasked.posterior)) - reward).pow(2)
+    assert torch.allclose(out_a.terms["reward"], manual[valid].mean(), atol=1e-6)

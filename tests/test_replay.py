@@ -122,3 +122,16 @@ def test_episode_builder_layout() -> None:
     truncated = EpisodeBuilder(1, 3)
     truncated.start(0, o[0], 0)
     assert truncated.finish(0, np.eye(3, dtype=np.float32)[0], 0.0, terminated=False).discount[-1] == 1.0
+
+
+def test_padding_after_a_time_limit_cut_is_left_out_of_the_losses() -> None:
+    """Absorbing padding is right after a terminal (seed 003's dying Mario); after a time-limit cut the MDP
+    goes on, so the padded steps are marked invalid."""
+    replay = EpisodeReplay(capacity=100, seq_len=6, action_size=3, discrete=True)
+    replay.add(make_episode(3, level=0, terminal=True))
+    replay.add(make_episode(3, level=1, terminal=False))
+    batch = replay.sample(200, np.random.default_rng(0))
+    terminal = batch.level == 0
+    assert batch.valid[:, terminal].all()
+    assert (batch.valid[:, ~terminal] == ~batch.padded[:, ~terminal]).all()
+    assert batch.padded[:, ~terminal].any()

@@ -142,8 +142,9 @@ class DreamerLearner:
         reward = transform_reward(torch.as_tensor(batch.reward, device=device), cfg.reward_transform)
         discount = torch.as_tensor(batch.discount, device=device)
         first = torch.as_tensor(batch.first, device=device)
+        valid = torch.as_tensor(batch.valid, device=device)
 
-        out = wm.loss(obs, action, reward, discount, first, cfg)
+        out = wm.loss(obs, action, reward, discount, first, cfg, valid=valid)
         if not torch.isfinite(out.total):
             return None
         self.model_opt.zero_grad(set_to_none=True)

@@ -6,7 +6,10 @@
 - A sequence of ``seq_len`` L that runs past the end of its episode (episodes shorter than L, or a start near
   the end) is padded with an absorbing state instead of being dropped (seed 003 §5.2): the last observation
   repeated, reward 0, discount 0, and a uniformly random action (one-hot for discrete actions, uniform in
-  [-1, 1] for continuous ones). Because every step of an episode is an equally likely start, each real step
+  [-1, 1] for continuous ones). Padding after an episode that was cut by a time limit (its last discount is 1)
+  is marked invalid and left out of the losses: there the MDP did not end, and an absorbing state would teach
+  the discount head a terminal that does not exist (ours; measured: on MiniGrid with 30-step time limits the
+  continuation predicted everywhere fell to 0.69 when such padding was trained on). Because every step of an episode is an equally likely start, each real step
   lies in the same number of candidate windows, so coverage within an episode is uniform too (our choice;
   DreamerV2 itself clips starts to ``len - L`` and drops shorter episodes).
 - Capacity is counted in steps; beyond it the oldest whole episodes are dropped (the newest one always stays).
@@ -62,6 +65,9 @@ class SequenceBatch:
     """[L, B] bool: the step is the first of its episode."""
     padded: np.ndarray
     """[L, B] bool: the step is absorbing padding past the episode's end."""
+    valid: np.ndarray
+    """[L, B] bool: the step counts in the losses. False only for padding after an episode cut by a time limit
+    (not terminal): an absorbing state there would teach a terminal that the MDP does not have (ours)."""
     level: np.ndarray
     """[B] int64: level of each sequence's episode."""
 
@@ -120,6 +126,7 @@ class EpisodeReplay:
         discount = np.zeros((L, batch_size), dtype=np.float32)
         first = np.zeros((L, batch_size), dtype=bool)
         padded = np.zeros((L, batch_size), dtype=bool)
+        valid = np.ones((L, batch_size), dtype=bool)
         level = np.empty(batch_size, dtype=np.int64)
         for b, index in enumerate(picks.tolist()):
             ep = self.episodes[index]
@@ -137,7 +144,8 @@ class EpisodeReplay:
                 obs[real:, b] = ep.obs[n - 1]
                 action[real:, b] = self.random_actions(L - real, rng)
                 padded[real:, b] = True  # reward and discount stay 0
-        return SequenceBatch(obs, action, reward, discount, first, padded, level)
+                valid[real:, b] = ep.discount[n - 1] == 0.0  # absorbing only after a true terminal
+        return SequenceBatch(obs, action, reward, discount, first, padded, valid, level)
 
     def state_dict(self, max_steps: int | None = None) -> dict[str, Any]:
         """The newest whole episodes holding at most ``max_steps`` steps (None: all), plus the counters.

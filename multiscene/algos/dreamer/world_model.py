@@ -169,9 +169,11 @@ class WorldModel(nn.Module):
     def loss(
         self, obs: torch.Tensor, action: torch.Tensor, reward: torch.Tensor, discount: torch.Tensor,
         first: torch.Tensor, cfg: DreamerConfig, generator: torch.Generator | None = None,
+        valid: torch.Tensor | None = None,
     ) -> WorldModelOutput:
         """Batch [T, B, ...] from the replay: ``obs`` uint8, ``action`` [T, B, A] (a_{t-1}), ``reward`` [T, B]
-        (transformed), ``discount`` [T, B] (0 at terminal and absorbing steps), ``first`` [T, B] bool."""
+        (transformed), ``discount`` [T, B] (0 at terminal and absorbing steps), ``first`` [T, B] bool;
+        ``valid`` [T, B] bool (None: all) selects the steps every term averages over."""
         post, prior = self.rssm.observe(self.embed(obs), action, first, generator=generator)
         feat = RSSM.features(post)
         recon = self.decode(feat)
@@ -179,12 +181,14 @@ class WorldModel(nn.Module):
         image_nll = 0.5 * (recon - self.obs_target(obs)).pow(2).sum(dim=dims)
         reward_nll = 0.5 * (self.predicted_reward(feat) - reward).pow(2)
         discount_nll = F.binary_cross_entropy_with_logits(self.continuation_logits(feat), discount, reduction="none")
-        kl, kl_metrics = kl_balance_loss(post.logits, prior.logits, cfg.kl_balance, cfg.kl_free)
+        weight = torch.ones_like(reward) if valid is None else valid.to(reward.dtype)
+        weight = weight / weight.sum().clamp(min=1.0)
+        kl, kl_metrics = kl_balance_loss(post.logits, prior.logits, cfg.kl_balance, cfg.kl_free, weight)
         terms = {
             "kl": kl,
-            "image": image_nll.mean(),
-            "reward": reward_nll.mean(),
-            "discount": discount_nll.mean(),
+            "image": (image_nll * weight).sum(),
+            "reward": (reward_nll * weight).sum(),
+            "discount": (discount_nll * weight).sum(),
         }
         scales = {"kl": cfg.kl_scale, "image": cfg.image_scale, "reward": cfg.reward_scale,
                   "discount": cfg.discount_scale}
@@ -203,17 +207,23 @@ def _entropy(logits: torch.Tensor) -> torch.Tensor:
 
 
 def kl_balance_loss(
-    post_logits: torch.Tensor, prior_logits: torch.Tensor, balance: float, free: float
+    post_logits: torch.Tensor, prior_logits: torch.Tensor, balance: float, free: float,
+    weight: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """DreamerV2 KL balancing (§2, Algorithm 2) with free nats averaged over the batch (``free_avg``).
 
         loss = balance * max(mean KL(sg(post) || prior), free) + (1 - balance) * max(mean KL(post || sg(prior)), free)
 
     The first side trains the prior towards the posterior, the second regularizes the posterior; both have
-    the value KL(post || prior), only the gradients differ. Logits are [..., S, K]; means run over [...].
+    the value KL(post || prior), only the gradients differ. Logits are [..., S, K]; means run over [...], or
+    are weighted sums with ``weight`` [...] (summing to 1) where some steps do not count.
     """
-    lhs = categorical_kl(post_logits.detach(), prior_logits).mean()
-    rhs = categorical_kl(post_logits, prior_logits.detach()).mean()
+    lhs_all = categorical_kl(post_logits.detach(), prior_logits)
+    rhs_all = categorical_kl(post_logits, prior_logits.detach())
+    if weight is None:
+        lhs, rhs = lhs_all.mean(), rhs_all.mean()
+    else:
+        lhs, rhs = (lhs_all * weight).sum(), (rhs_all * weight).sum()
     free_t = torch.tensor(free, dtype=lhs.dtype, device=lhs.device)
     loss = balance * torch.maximum(lhs, free_t) + (1.0 - balance) * torch.maximum(rhs, free_t)
     return loss, {"kl_value": float(lhs.detach())}
