@@ -80,7 +80,8 @@ def test_one_short_episode_on_1_1() -> None:
 
 def test_short_mario_run(tmp_path) -> None:  # type: ignore[no-untyped-def]
     """A few dozen steps on Mario 1-1 (64x64x1 frames, conv path); the emulator cannot be snapshotted, so the
-    checkpoint keeps no env state and a resume restarts the running episodes."""
+    checkpoint keeps no env state and a resume restarts the running episodes. (The evaluation is left out here:
+    each emulator takes seconds to start; the MiniGrid run test covers it.)"""
     import json
 
     from conftest import tiny_config
@@ -91,14 +92,13 @@ def test_short_mario_run(tmp_path) -> None:  # type: ignore[no-untyped-def]
     from multiscene.logger import read_metrics
 
     cfg = tiny_config(str(tmp_path / "mario"), env="mario:1-1", critic="scalar", num_envs=1, total_timesteps=40,
-                      tensorboard=False, max_episode_steps=10, eval_episodes=1, eval_num_envs=1)
+                      tensorboard=False, max_episode_steps=10, final_eval=False)
     dreamer = DreamerConfig(size="small", batch_size=2, seq_len=6, train_every=8, prefill=16, horizon=3,
                             log_every=8, checkpoint_every=40, replay_capacity=1000)
     run_dir = train(cfg, dreamer)
     ckpt = load_latest_checkpoint(run_dir)
     assert ckpt is not None and ckpt.state["carry"]["envs"] is None and ckpt.state["learner"]["train_steps"] == 3
-    final = json.loads((run_dir / "eval" / "final.json").read_text())
-    assert final["train"]["episodes"] == 1 and final["train"]["length_mean"] == 10
+    assert json.loads((run_dir / "config.json").read_text())["config"]["env"] == "mario:1-1"
     records = read_metrics(run_dir / "metrics.jsonl")
     assert any("charts/x_pos" in r for r in records)
     assert any("dreamer/image_loss" in r for r in records)
