@@ -126,3 +126,10 @@ def test_end_to_end_with_tiny_dreamer_runs(tmp_path: Path) -> None:
     level_keys = {k for r in records for k in r if k.startswith("levels/")}
     assert any(k.endswith("/image_loss") for k in level_keys)  # per-level image loss (seed 003 Fig. 4)
     assert all(k.split("/")[1] in LEVELS.split(",") for k in level_keys)
+
+    from multiscene.protocol.pretrain import protocol_figures
+
+    figures = protocol_figures(tmp_path / "out")
+    assert [f.name for f in figures] == ["pretrain_returns.png", "finetune_returns.png", "transfer_returns.png",
+                                         "combined_returns.png", "image_loss.png"]
+    assert all(f.stat().st_size > 1000 for f in figures)

@@ -186,3 +186,106 @@ def run_protocol(
         finished.append(plan.name)
         atomic_write_json(status_path, {"finished": finished})
     return dirs
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Figures (seed 003 Figs. 3-7) from the runs' metrics.jsonl
+
+
+def _curve(run_dir: Path, key: str) -> tuple[list[float], list[float]]:
+    from multiscene.logger import read_metrics
+
+    steps, values = [], []
+    for record in read_metrics(run_dir / "metrics.jsonl"):
+        value = record.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            steps.append(float(record["global_step"]))
+            values.append(float(value))
+    return steps, values
+
+
+def protocol_figures(out: Path | str) -> list[Path]:
+    """Draw seed 003's figures from a protocol folder into ``<out>/report/``; returns the PNGs written.
+
+    - ``pretrain_returns.png`` (Fig. 3): per pre-training level, the joint agent's train return on that level
+      (solid) and the baselines' (dashed), with a dotted line at T/N, where a baseline has used as many steps
+      as the joint agent spent on its level;
+    - ``finetune_returns.png`` (Fig. 5) and ``transfer_returns.png`` (Fig. 6): fine-tuned or transferred
+      agents (solid) against baselines (dashed), per level;
+    - ``combined_returns.png`` (Fig. 7): fine-tuning curves shifted right by T/N (the pre-training steps spent
+      per level) against the baselines at equal steps;
+    - ``image_loss.png`` (Fig. 4): the world model's image loss of every baseline and joint run.
+    Reconstructions of unseen levels (Fig. 8) are not drawn yet.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = Path(out)
+    cfg = ProtocolConfig(**(json.loads((out / PROTOCOL_FILE).read_text())["protocol"] | {"out": str(out)}))
+    plans = plan_runs(cfg)
+    pre = level_ids(cfg.levels, "--levels")
+    transfer = level_ids(cfg.transfer_levels, "--transfer-levels") if cfg.transfer_levels else []
+    runs = out / "runs"
+    report = out / "report"
+    report.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+
+    def runs_of(kind: str, level: str | None) -> list[RunPlan]:
+        return [p for p in plans if p.kind == kind and (level is None or p.env == level)]
+
+    def panel_figure(name: str, levels: list[str], solid: Callable[[str], list[tuple[RunPlan, str, float]]],
+                     title: str) -> None:
+        if not levels:
+            return
+        fig, axes = plt.subplots(1, len(levels), figsize=(4 * len(levels), 3.2), squeeze=False)
+        for ax, (i, level) in zip(axes[0], enumerate(levels)):
+            for plan, key, shift in solid(level):
+                x, y = _curve(runs / plan.name, key)
+                ax.plot([v + shift for v in x], y, color=f"C{i}", lw=1.2, marker=".",
+                        label=f"{plan.kind} s{plan.seed}" if plan.seed == 1 else None)
+            for plan in runs_of("baseline", level):
+                x, y = _curve(runs / plan.name, "charts/episodic_return")
+                ax.plot(x, y, color=f"C{i}", ls="--", lw=1.0, marker=".", label="baseline" if plan.seed == 1 else None)
+            if name == "pretrain_returns":
+                ax.axvline(cfg.steps / len(pre), color="gray", ls=":", lw=0.8)
+            ax.set_title(level)
+            ax.set_xlabel("env steps")
+            ax.legend(fontsize=7)
+        axes[0][0].set_ylabel("train return")
+        fig.suptitle(title, y=1.06)
+        path = report / f"{name}.png"
+        fig.savefig(path, dpi=100, bbox_inches="tight")
+        plt.close(fig)
+        written.append(path)
+
+    panel_figure("pretrain_returns", pre,
+                 lambda lv: [(p, f"levels/{lv}/episodic_return", 0.0) for p in runs_of("joint", None)],
+                 f"pre-training on {len(pre)} levels (solid: one joint agent; dashed: one baseline per level)")
+    panel_figure("finetune_returns", pre, lambda lv: [(p, "charts/episodic_return", 0.0) for p in runs_of("finetune", lv)],
+                 "fine-tuning the joint agent per level (dashed: baselines)")
+    panel_figure("transfer_returns", transfer,
+                 lambda lv: [(p, "charts/episodic_return", 0.0) for p in runs_of("transfer", lv)],
+                 "transfer of the joint agent to unseen levels (dashed: baselines)")
+    panel_figure("combined_returns", pre,
+                 lambda lv: [(p, "charts/episodic_return", cfg.steps / len(pre)) for p in runs_of("finetune", lv)],
+                 "pre-training (T/N steps per level) + fine-tuning against baselines at equal steps")
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for i, level in enumerate(pre + transfer):
+        for plan in runs_of("baseline", level):
+            x, y = _curve(runs / plan.name, "dreamer/image_loss")
+            ax.plot(x, y, color=f"C{i}", ls="--", lw=1.0, label=f"baseline {level}" if plan.seed == 1 else None)
+    for plan in runs_of("joint", None):
+        x, y = _curve(runs / plan.name, "dreamer/image_loss")
+        ax.plot(x, y, color="black", lw=1.5, label="joint" if plan.seed == 1 else None)
+    ax.set_xlabel("env steps")
+    ax.set_ylabel("image loss")
+    ax.set_title("world-model image loss")
+    ax.legend(fontsize=7)
+    path = report / "image_loss.png"
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    written.append(path)
+    return written
