@@ -1,0 +1,556 @@
+"""The DreamerV2 training loop (issue 13): its own loop, the library's shared run machinery.
+
+Read it top to bottom: prefill the replay with a uniformly random policy (counted in the budget) -> act in the
+envs with the actor on the filtered RSSM state -> every ``--dreamer.train-every`` env steps a world-model step
+and a behavior step on sequences from the replay -> log -> checkpoint (weights, optimizers, RNGs, replay) ->
+evaluate into ``eval/final.json`` in the layout of ``multiscene.evaluate.evaluate_run_splits``.
+
+Shared parts used as they are: ``multiscene.rundir.prepare_run_dir`` (refuse/resume/overwrite),
+``multiscene.checkpoint`` (atomic, checksummed, last N), ``multiscene.logger.MetricsLogger`` (CleanRL names
+``charts/episodic_return``, ``charts/SPS``; world-model terms under ``dreamer/*``, the image loss as
+``dreamer/image_loss``), ``multiscene.evaluate.summarize``. The ``update`` counter of metrics and checkpoints is
+the number of vectorized env steps (it grows by one per ``envs.step``, so a resume truncates metrics exactly).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+import multiscene
+from multiscene.algos.dreamer import DreamerConfig, validate_dreamer
+from multiscene.algos.dreamer.behavior import Behavior
+from multiscene.algos.dreamer.replay import EpisodeBuilder, EpisodeReplay
+from multiscene.algos.dreamer.rssm import RSSMState, flatten_time
+from multiscene.algos.dreamer.world_model import WorldModel
+from multiscene.checkpoint import load_latest_checkpoint, save_checkpoint
+from multiscene.config import ConfigError, TrainConfig
+from multiscene.envs.base import EnvError, EpisodeStats, VecEnv
+from multiscene.envs.multilevel import make_env_any
+from multiscene.evaluate import summarize
+from multiscene.logger import METRICS_FILE, MetricsLogger, Progress, truncate_metrics
+from multiscene.rundir import atomic_write_json, prepare_run_dir
+from multiscene.trainer import (
+    _SignalFlag,
+    env_spec,
+    load_config,
+    resolve_device,
+    rng_state,
+    seed_everything,
+    set_rng_state,
+)
+
+CONFIG_FILE = "config.json"
+
+
+class PolicyState(NamedTuple):
+    """What the acting policy carries between env steps, per env: the RSSM state and the last action."""
+
+    rssm: RSSMState
+    prev_action: torch.Tensor
+    """[B, A] one-hot action taken at the previous step (reset to zeros where an episode starts)."""
+
+
+class DreamerAgent(nn.Module):
+    """World model + behavior, with an ``act`` method for the env loop and evaluation (discrete actions)."""
+
+    def __init__(self, obs_shape: tuple[int, ...], num_actions: int, cfg: DreamerConfig) -> None:
+        super().__init__()
+        self.num_actions = num_actions
+        self.world_model = WorldModel(obs_shape, num_actions, cfg)
+        self.behavior = Behavior(self.world_model.rssm.feature_size, num_actions, True, cfg)
+
+    def initial_state(self, batch: int, device: torch.device) -> PolicyState:
+        return PolicyState(self.world_model.rssm.initial_state(batch, device),
+                           torch.zeros(batch, self.num_actions, device=device))
+
+    @torch.no_grad()
+    def act(
+        self, obs: torch.Tensor, first: torch.Tensor, state: PolicyState, deterministic: bool = False,
+        random_action: bool = False,
+    ) -> tuple[torch.Tensor, PolicyState]:
+        """Filter one observation ``obs`` [B, *obs] (``first`` [B] bool) and pick actions [B] (long):
+        the actor's sample, its mode, or uniformly random (prefill). The level id is never an input."""
+        embed = self.world_model.encoder(obs)
+        post, _ = self.world_model.rssm.obs_step(state.rssm, state.prev_action, embed, first)
+        if random_action:
+            action = torch.randint(self.num_actions, (obs.shape[0],), device=obs.device)
+        else:
+            dist = self.behavior.policy(torch.cat([post.deter, post.stoch.flatten(-2)], -1))
+            action = dist.mode().argmax(-1) if deterministic else dist.sample().argmax(-1)
+        return action, PolicyState(post, F.one_hot(action, self.num_actions).float())
+
+
+@contextlib.contextmanager
+def frozen(module: nn.Module) -> Iterator[None]:
+    """Parameters without gradients inside the block: the behavior losses must not train the world model."""
+    flags = [p.requires_grad for p in module.parameters()]
+    module.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in zip(module.parameters(), flags):
+            p.requires_grad_(flag)
+
+
+def transform_reward(reward: torch.Tensor, kind: str) -> torch.Tensor:
+    """``tanh`` (DreamerV2 Atari ``clip_rewards: tanh``) or ``identity``."""
+    return torch.tanh(reward) if kind == "tanh" else reward
+
+
+class DreamerLearner:
+    """The three optimizers and one train step (world model, then behavior on imagined rollouts)."""
+
+    def __init__(self, agent: DreamerAgent, cfg: DreamerConfig) -> None:
+        self.agent, self.cfg = agent, cfg
+
+        def adam(params: Any, lr: float) -> torch.optim.Optimizer:
+            # configs.yaml *_opt: adam with eps 1e-5, clip 100 and weight decay 1e-6 (decoupled, as AdamW).
+            return torch.optim.AdamW(params, lr=lr, eps=cfg.adam_eps, weight_decay=cfg.weight_decay)
+
+        self.model_opt = adam(agent.world_model.parameters(), cfg.model_lr)
+        self.actor_opt = adam(agent.behavior.actor.parameters(), cfg.actor_lr)
+        self.critic_opt = adam(agent.behavior.critic.parameters(), cfg.critic_lr)
+        self.train_steps = 0
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"model_opt": self.model_opt.state_dict(), "actor_opt": self.actor_opt.state_dict(),
+                "critic_opt": self.critic_opt.state_dict(), "train_steps": self.train_steps}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model_opt.load_state_dict(state["model_opt"])
+        self.actor_opt.load_state_dict(state["actor_opt"])
+        self.critic_opt.load_state_dict(state["critic_opt"])
+        self.train_steps = int(state["train_steps"])
+
+    def train_step(self, replay: EpisodeReplay, rng: np.random.Generator, device: torch.device) -> dict[str, float] | None:
+        """One world-model + behavior update; None (nothing applied) when a loss or gradient is non-finite."""
+        cfg, wm, beh = self.cfg, self.agent.world_model, self.agent.behavior
+        batch = replay.sample(cfg.batch_size, rng)
+        obs = torch.as_tensor(batch.obs, device=device)
+        action = torch.as_tensor(batch.action, device=device)
+        reward = transform_reward(torch.as_tensor(batch.reward, device=device), cfg.reward_transform)
+        discount = torch.as_tensor(batch.discount, device=device)
+        first = torch.as_tensor(batch.first, device=device)
+        valid = torch.as_tensor(batch.valid, device=device)
+
+        out = wm.loss(obs, action, reward, discount, first, cfg, valid=valid)
+        if not torch.isfinite(out.total):
+            return None
+        self.model_opt.zero_grad(set_to_none=True)
+        out.total.backward()
+        model_norm = nn.utils.clip_grad_norm_(wm.parameters(), cfg.max_grad_norm)
+        if not torch.isfinite(model_norm):
+            self.model_opt.zero_grad(set_to_none=True)
+            return None
+        self.model_opt.step()
+
+        start = RSSMState(*(x.detach() for x in flatten_time(out.posterior)))
+        with frozen(wm):
+            actor_loss, critic_loss, behavior_metrics = beh.losses(wm, start, discount.flatten(), cfg)
+        self.actor_opt.zero_grad(set_to_none=True)
+        self.critic_opt.zero_grad(set_to_none=True)
+        (actor_loss + critic_loss).backward()
+        actor_norm = nn.utils.clip_grad_norm_(beh.actor.parameters(), cfg.max_grad_norm)
+        critic_norm = nn.utils.clip_grad_norm_(beh.critic.parameters(), cfg.max_grad_norm)
+        if not (torch.isfinite(actor_norm) and torch.isfinite(critic_norm)):
+            return None
+        self.actor_opt.step()
+        self.critic_opt.step()
+        self.train_steps += 1
+        if self.train_steps % cfg.slow_target_update == 0:
+            beh.update_target(cfg.slow_target_fraction)
+
+        metrics = {f"dreamer/{k}_loss": float(v.detach()) for k, v in out.terms.items()}
+        metrics.update({f"dreamer/{k}": v for k, v in out.metrics.items()})
+        metrics.update({f"dreamer/{k}": v for k, v in behavior_metrics.items()})
+        metrics["dreamer/model_loss"] = float(out.total.detach())
+        metrics["dreamer/actor_loss"] = float(actor_loss.detach())
+        metrics["dreamer/critic_loss"] = float(critic_loss.detach())
+        metrics["dreamer/model_grad_norm"] = float(model_norm)
+        metrics["dreamer/padded_fraction"] = float(batch.padded.mean())
+        # Image loss per level of the sampled sequences (seed 003 Fig. 4); levels absent from a batch are absent.
+        per_sequence = out.image_nll.mean(0).cpu().numpy()
+        for level in np.unique(batch.level).tolist():
+            metrics[f"dreamer/image_loss_level/{level}"] = float(per_sequence[batch.level == level].mean())
+        return metrics
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Setup helpers
+
+
+def default_run_dir(cfg: TrainConfig) -> Path:
+    env = cfg.env.replace(",", "+").replace(":", "_")
+    return Path("runs") / f"{env}-dreamer-s{cfg.seed}"
+
+
+def config_record(cfg: TrainConfig, dreamer: DreamerConfig) -> dict[str, Any]:
+    return {"config": dataclasses.asdict(cfg), "algo": "dreamer", "dreamer": dataclasses.asdict(dreamer),
+            "multiscene_version": multiscene.__version__}
+
+
+def load_dreamer_config(run_dir: Path) -> DreamerConfig:
+    data = json.loads((run_dir / CONFIG_FILE).read_text())
+    if "dreamer" not in data:
+        raise ConfigError(f"{run_dir} holds a run of another algorithm (no 'dreamer' section in {CONFIG_FILE}).")
+    known = {f.name for f in dataclasses.fields(DreamerConfig)}
+    return DreamerConfig(**{k: v for k, v in data["dreamer"].items() if k in known})
+
+
+def validate_run(cfg: TrainConfig, dreamer: DreamerConfig) -> None:
+    """The TrainConfig fields this loop reads (the PPO ones it ignores), then the --dreamer.* group."""
+    if cfg.total_timesteps <= 0:
+        raise ConfigError(f"--total-timesteps must be a positive number of env steps, got {cfg.total_timesteps}.")
+    for name in ("num_envs", "eval_episodes", "eval_num_envs", "keep_checkpoints", "max_nonfinite_updates"):
+        if getattr(cfg, name) <= 0:
+            raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {getattr(cfg, name)}.")
+    validate_dreamer(dreamer)
+
+
+def agent_tensors(agent: DreamerAgent) -> dict[str, torch.Tensor]:
+    return {f"agent.{k}": v for k, v in agent.state_dict().items()}
+
+
+def load_agent_tensors(agent: DreamerAgent, tensors: dict[str, torch.Tensor]) -> None:
+    agent.load_state_dict({k[len("agent."):]: v for k, v in tensors.items() if k.startswith("agent.")})
+
+
+def init_agent_from(agent: DreamerAgent, run_dir: Path) -> int:
+    """Load the weights of another Dreamer run's latest good checkpoint (``--init-from``; seed 003 §4.2-4.3:
+    fine-tuning and transfer start from the pre-trained parameters, with fresh optimizers and replay).
+    Returns that checkpoint's update."""
+    ckpt = load_latest_checkpoint(run_dir, load_state=False)
+    if ckpt is None:
+        raise ConfigError(f"--init-from {run_dir}: no readable checkpoint there.")
+    try:
+        load_agent_tensors(agent, ckpt.tensors)
+    except RuntimeError as e:
+        raise ConfigError(
+            f"--init-from {run_dir}: its networks do not fit this run (other --dreamer.size, observation or "
+            f"action space): {str(e).splitlines()[0]}"
+        ) from e
+    return ckpt.update
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The run
+
+
+def train(cfg: TrainConfig, dreamer: DreamerConfig, init_from: str | None = None) -> Path:
+    """Train DreamerV2 per ``cfg`` (env, budget, run dir, eval) and ``dreamer``; returns the run directory."""
+    validate_run(cfg, dreamer)
+    run_dir = Path(cfg.run_dir) if cfg.run_dir else default_run_dir(cfg)
+    resume = cfg.resume
+    backup = prepare_run_dir(run_dir, resume=resume, overwrite=cfg.overwrite)
+    if resume:
+        saved = load_config(run_dir)
+        dreamer = load_dreamer_config(run_dir)
+        # A resumed run keeps its own config; only the budget and run-time switches may change.
+        cfg = dataclasses.replace(saved, total_timesteps=cfg.total_timesteps, resume=True, overwrite=False,
+                                  run_dir=str(run_dir), progress=cfg.progress, device=cfg.device)
+        validate_run(cfg, dreamer)
+    else:
+        cfg = dataclasses.replace(cfg, run_dir=str(run_dir))
+        atomic_write_json(run_dir / CONFIG_FILE, config_record(cfg, dreamer))
+
+    if cfg.torch_threads > 0:
+        torch.set_num_threads(cfg.torch_threads)
+    seed_everything(cfg.seed, cfg.deterministic_torch)
+    device = resolve_device(cfg.device)
+    envs = make_env_any(env_spec(cfg, "train", cfg.num_envs))
+    B, A = envs.num_envs, envs.num_actions
+    agent = DreamerAgent(envs.obs_shape, A, dreamer).to(device)
+    learner = DreamerLearner(agent, dreamer)
+    replay = EpisodeReplay(dreamer.replay_capacity, dreamer.seq_len, A, discrete=True)
+    builder = EpisodeBuilder(B, A)
+    replay_rng = np.random.default_rng(cfg.seed)
+    progress = Progress(cfg.total_timesteps, cfg.progress)
+    if backup is not None:
+        progress.message(f"--overwrite: the previous run was moved to {backup}")
+
+    start = envs.reset()
+    obs, first = torch.as_tensor(start.obs), torch.ones(B, dtype=torch.bool)
+    for i in range(B):
+        builder.start(i, start.obs[i], int(start.level_seed[i]))
+    policy_state = agent.initial_state(B, device)
+    update, global_step, nonfinite_in_row = 0, 0, 0
+
+    if resume:
+        ckpt = load_latest_checkpoint(run_dir, warn=progress.message)
+        if ckpt is not None:
+            load_agent_tensors(agent, ckpt.tensors)
+            s = ckpt.state
+            learner.load_state_dict(s["learner"])
+            replay.load_state_dict(s["replay"])
+            replay_rng.bit_generator.state = s["replay_rng"]
+            set_rng_state(s["rng"])
+            update, global_step = ckpt.update, int(s["global_step"])
+            nonfinite_in_row = int(s.get("nonfinite_in_row", 0))
+            if s["carry"]["envs"] is not None:
+                envs.set_state(s["carry"]["envs"])
+                builder.load_state_dict(s["carry"]["builder"])
+                obs, first = s["carry"]["obs"], s["carry"]["first"]
+                policy_state = PolicyState(RSSMState(*(x.to(device) for x in s["carry"]["rssm"])),
+                                           s["carry"]["prev_action"].to(device))
+            else:
+                progress.message("resume: the envs could not be saved; their running episodes start afresh")
+            progress.message(
+                f"resumed from {ckpt.path.name} (step {global_step}, {learner.train_steps} train steps, replay "
+                f"{replay.num_steps} of {s['replay']['total_steps']} steps restored)"
+            )
+        else:
+            progress.message("--resume: no good checkpoint found; starting from step 0")
+        truncate_metrics(run_dir / METRICS_FILE, update)
+    if init_from is not None and global_step == 0:
+        # A fresh start (or a resume before the first checkpoint) of a fine-tune/transfer run (seed 003 §4.2-4.3).
+        update_from = init_agent_from(agent, Path(init_from))
+        progress.message(f"--init-from {init_from}: weights of its update {update_from}")
+        atomic_write_json(run_dir / "init_from.json", {"run_dir": str(init_from), "update": update_from})
+    logger = MetricsLogger(run_dir, tensorboard=cfg.tensorboard, purge_step=global_step if resume else None)
+
+    def checkpoint() -> None:
+        try:
+            env_state = envs.get_state()
+        except (NotImplementedError, TypeError):
+            env_state = None  # an env that cannot snapshot itself (Mario's emulator): episodes restart
+        state = {
+            "learner": learner.state_dict(),
+            "replay": replay.state_dict(dreamer.checkpoint_replay_steps),
+            "replay_rng": replay_rng.bit_generator.state,
+            "rng": rng_state(),
+            "global_step": global_step,
+            "nonfinite_in_row": nonfinite_in_row,
+            "carry": {
+                "envs": env_state,
+                "builder": builder.state_dict() if env_state is not None else None,
+                "obs": obs.clone(), "first": first.clone(),
+                "rssm": tuple(x.cpu() for x in policy_state.rssm), "prev_action": policy_state.prev_action.cpu(),
+            },
+            "config": dataclasses.asdict(cfg),
+            "dreamer": dataclasses.asdict(dreamer),
+        }
+        logger.sync()
+        save_checkpoint(run_dir, update, agent_tensors(agent), state, keep=cfg.keep_checkpoints)
+
+    start_time, start_step = time.time(), global_step
+    train_time, train_steps_at_start = 0.0, learner.train_steps
+    episodes: list[EpisodeStats] = []
+    extras: list[dict[str, Any]] = []
+    sums: dict[str, float] = {}
+    counts: dict[str, int] = {}
+    level_names: list[str] | None = getattr(envs, "level_names", None)
+    stop_reason: str | None = None
+    with _SignalFlag() as signals:
+        try:
+            while global_step < cfg.total_timesteps:
+                if signals.signum is not None:
+                    stop_reason = "received a stop signal"
+                    break
+                # 1. Act: random during the prefill (seed 003 §5.2 keeps DreamerV2's prefill), else the actor.
+                prefill = global_step < dreamer.prefill
+                action, policy_state = agent.act(obs.to(device), first.to(device), policy_state,
+                                                 random_action=prefill)
+                action_np = action.cpu().numpy()
+                try:
+                    result = envs.step(action_np)
+                except EnvError as e:
+                    raise EnvError(f"{e} (last checkpoint kept; continue with --resume)") from e
+                previous_step = global_step
+                global_step += B
+                update += 1
+
+                # 2. Store: whole episodes go to the replay when they end.
+                one_hot = np.eye(A, dtype=np.float32)[action_np]
+                for i in range(B):
+                    if result.first[i]:
+                        replay.add(builder.finish(i, one_hot[i], float(result.reward[i]), bool(result.terminated[i])))
+                        builder.start(i, result.obs[i], int(result.level_seed[i]))
+                    else:
+                        builder.append(i, result.obs[i], one_hot[i], float(result.reward[i]), 1.0)
+                episodes.extend(result.episodes)
+                pop = getattr(envs, "pop_episode_extras", None)
+                if pop is not None:
+                    extras.extend(pop())
+                obs, first = torch.as_tensor(result.obs), torch.as_tensor(result.first)
+
+                # 3. Train every train_every env steps once the prefill is done.
+                if global_step >= dreamer.prefill and len(replay) > 0:
+                    due = global_step // dreamer.train_every - max(previous_step, dreamer.prefill) // dreamer.train_every
+                    tick = time.time()
+                    for _ in range(max(due, 0) * dreamer.train_steps):
+                        metrics = learner.train_step(replay, replay_rng, device)
+                        if metrics is None:
+                            nonfinite_in_row += 1
+                            sums["nonfinite/skipped_update"] = sums.get("nonfinite/skipped_update", 0.0) + 1
+                            if nonfinite_in_row >= cfg.max_nonfinite_updates:
+                                checkpoint()
+                                raise RuntimeError(
+                                    f"stopped at step {global_step}: {nonfinite_in_row} Dreamer train steps in a "
+                                    f"row were non-finite; the last good state is saved in {run_dir}."
+                                )
+                            continue
+                        nonfinite_in_row = 0
+                        for k, v in metrics.items():
+                            sums[k] = sums.get(k, 0.0) + v
+                            counts[k] = counts.get(k, 0) + 1
+                    train_time += time.time() - tick
+
+                # 4. Log every log_every env steps (and at the end).
+                done = global_step >= cfg.total_timesteps
+                if global_step // dreamer.log_every > previous_step // dreamer.log_every or done:
+                    record = _record(update, global_step, episodes, extras, sums, counts, level_names)
+                    elapsed = max(time.time() - start_time, 1e-9)
+                    record["charts/SPS"] = (global_step - start_step) / elapsed
+                    record["dreamer/train_steps"] = learner.train_steps
+                    record["dreamer/train_steps_per_s"] = (learner.train_steps - train_steps_at_start) / max(train_time, 1e-9)
+                    record["dreamer/replay_steps"] = replay.num_steps
+                    record["dreamer/replay_episodes"] = len(replay)
+                    logger.log(record)
+                    progress.update(global_step, {"SPS": round(record["charts/SPS"]),
+                                                  "return": record.get("charts/episodic_return"),
+                                                  "image_loss": record.get("dreamer/image_loss")})
+                    episodes, extras, sums, counts = [], [], {}, {}
+
+                # 5. Checkpoint.
+                if global_step // dreamer.checkpoint_every > previous_step // dreamer.checkpoint_every or done:
+                    checkpoint()
+            if stop_reason is not None:
+                checkpoint()
+                progress.message(f"{stop_reason}: checkpoint saved at step {global_step}; continue with --resume")
+                return run_dir
+        finally:
+            progress.close()
+            logger.close()
+            envs.close()
+
+    if cfg.final_eval:
+        summary = evaluate_dreamer(agent, cfg, device, run_dir, tag="final", global_step=global_step,
+                                   gamma=dreamer.gamma)
+        final_logger = MetricsLogger(run_dir, tensorboard=False)
+        final_logger.log({"update": update, "global_step": global_step, **_eval_record(summary)})
+        final_logger.close()
+    return run_dir
+
+
+def _record(
+    update: int, global_step: int, episodes: list[EpisodeStats], extras: list[dict[str, Any]],
+    sums: dict[str, float], counts: dict[str, int], level_names: list[str] | None,
+) -> dict[str, Any]:
+    record: dict[str, Any] = {"update": update, "global_step": global_step, "time": time.time()}
+    for k, v in sums.items():
+        if k.startswith("dreamer/image_loss_level/") and level_names is not None:
+            record[f"levels/{level_names[int(k.rsplit('/', 1)[1])]}/image_loss"] = v / counts[k]
+        elif k.startswith("dreamer/image_loss_level/"):
+            continue  # plain level seeds (MiniGrid, Procgen): too many to log one curve each
+        else:
+            record[k] = v if k.startswith("nonfinite/") else v / max(counts.get(k, 1), 1)
+    if episodes:
+        record["charts/episodic_return"] = float(np.mean([e.episode_return for e in episodes]))
+        record["charts/episodic_length"] = float(np.mean([e.length for e in episodes]))
+        record["charts/episodes"] = len(episodes)
+        successes = [e.success for e in episodes if e.success is not None]
+        if successes:
+            record["charts/success_rate"] = float(np.mean(successes))
+        if level_names is not None:
+            # Per-level train returns (seed 003 Figs. 3, 5, 6): the level id is logged, never an input.
+            for index, name in enumerate(level_names):
+                returns = [e.episode_return for e in episodes if e.level_seed == index]
+                if returns:
+                    record[f"levels/{name}/episodic_return"] = float(np.mean(returns))
+    for key in ("x_pos", "flag_get"):
+        values = [float(x[key]) for x in extras if key in x]
+        if values:
+            record[f"charts/{key}"] = float(np.mean(values))
+    return record
+
+
+def _eval_record(summary: dict[str, Any]) -> dict[str, float]:
+    out = {}
+    for split, stats in summary.items():
+        if isinstance(stats, dict):
+            for key in ("return_mean", "return_std", "length_mean", "success_rate"):
+                if stats.get(key) is not None:
+                    out[f"eval/{split}/{key}"] = stats[key]
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Evaluation (the layout of multiscene.evaluate.evaluate_run_splits)
+
+
+@torch.no_grad()
+def run_policy_episodes(
+    agent: DreamerAgent, envs: VecEnv, num_episodes: int, deterministic: bool, device: torch.device,
+    random_policy: bool = False,
+) -> list[EpisodeStats]:
+    """Exactly ``num_episodes`` episodes, each env owning a fixed quota (no bias towards short episodes), as
+    ``multiscene.evaluate.run_episodes`` counts them."""
+    B = envs.num_envs
+    quota = np.full(B, num_episodes // B)
+    quota[: num_episodes % B] += 1
+    done_count = np.zeros(B, dtype=np.int64)
+    step = envs.reset()
+    obs, first = torch.as_tensor(step.obs), torch.ones(B, dtype=torch.bool)
+    state = agent.initial_state(B, device)
+    episodes: list[EpisodeStats] = []
+    while (done_count < quota).any():
+        action, state = agent.act(obs.to(device), first.to(device), state, deterministic, random_policy)
+        result = envs.step(action.cpu().numpy())
+        for ep in result.episodes:
+            if done_count[ep.env_index] < quota[ep.env_index]:
+                episodes.append(ep)
+            done_count[ep.env_index] += 1
+        obs, first = torch.as_tensor(result.obs), torch.as_tensor(result.first)
+    return episodes
+
+
+def evaluate_dreamer(
+    agent: DreamerAgent, cfg: TrainConfig, device: torch.device, run_dir: Path, tag: str,
+    global_step: int | None = None, num_episodes: int | None = None, gamma: float | None = None,
+) -> dict[str, Any]:
+    """Train and test splits, sampled and deterministic, plus the random policy on test levels (final only);
+    writes ``eval/<tag>.json``. Per-step and frame files (``final_steps_*.npz``) are not written yet."""
+    n = num_episodes or cfg.eval_episodes
+    eval_dir = run_dir / "eval"
+    eval_dir.mkdir(parents=True, exist_ok=True)
+    summary: dict[str, Any] = {"global_step": global_step, "reward_scale": 1.0, "gamma": gamma, "algo": "dreamer"}
+    was_training = agent.training
+    agent.eval()
+    try:
+        for split in ("train", "test"):
+            stats: dict[str, Any] = {}
+            for deterministic in (False, True):
+                torch.manual_seed(cfg.seed * 7 + int(deterministic))
+                envs = make_env_any(env_spec(cfg, split, min(cfg.eval_num_envs, n), seed_offset=101 + int(deterministic)))
+                try:
+                    summary.setdefault("level_names", getattr(envs, "level_names", None))
+                    episodes = run_policy_episodes(agent, envs, n, deterministic, device)
+                finally:
+                    envs.close()
+                if deterministic:
+                    stats["deterministic"] = summarize(episodes)
+                else:
+                    stats.update(summarize(episodes))
+            summary[split] = stats
+        if tag == "final":
+            envs = make_env_any(env_spec(cfg, "test", min(cfg.eval_num_envs, n), seed_offset=101))
+            try:
+                episodes = run_policy_episodes(agent, envs, n, False, device, random_policy=True)
+            finally:
+                envs.close()
+            summary["random_policy_test"] = {k: v for k, v in summarize(episodes).items() if k != "per_level"}
+    finally:
+        agent.train(was_training)
+    atomic_write_json(eval_dir / f"{tag}.json", summary)
+    return summary

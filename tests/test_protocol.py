@@ -1,0 +1,135 @@
+"""Seed 003's protocol: the planned runs, bad input, refusal of a foreign folder, resume after interruption,
+and one end-to-end pass with tiny Dreamer runs on MiniGrid levels."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import tiny_config
+
+from multiscene.algos.dreamer import DreamerConfig
+from multiscene.config import ConfigError, TrainConfig
+from multiscene.protocol.pretrain import ProtocolConfig, plan_runs, run_protocol
+
+LEVELS = "MiniGrid-Empty-5x5-v0,MiniGrid-DoorKey-5x5-v0"
+TRANSFER = "MiniGrid-Empty-6x6-v0"
+
+
+def test_plan_has_every_run_of_the_seed() -> None:
+    plans = plan_runs(ProtocolConfig("mario:3-1,3-2", "mario:1-1", steps=100, seeds=2, out="x"))
+    names = [p.name for p in plans]
+    assert len(names) == len(set(names)) == 2 * (2 + 1 + 2 + 2)
+    seed1 = [p for p in plans if p.seed == 1]
+    assert [p.kind for p in seed1] == ["baseline", "baseline", "joint", "finetune", "finetune", "transfer",
+                                        "baseline"]
+    joint = next(p for p in seed1 if p.kind == "joint")
+    assert joint.env == "mario:3-1,mario:3-2"
+    assert all(p.init_from == "joint/s1" for p in seed1 if p.kind in ("finetune", "transfer"))
+    assert all(p.init_from is None for p in seed1 if p.kind in ("baseline", "joint"))
+    # every fine-tune/transfer run comes after the joint run it starts from
+    order = {p.name: i for i, p in enumerate(plans)}
+    assert all(order[p.init_from] < order[p.name] for p in plans if p.init_from)
+
+
+def test_bad_input() -> None:
+    with pytest.raises(ConfigError, match="--transfer-levels.*3-1"):
+        plan_runs(ProtocolConfig("mario:3-1,3-2", "mario:1-1,3-1", steps=10, seeds=1, out="x"))
+    with pytest.raises(ConfigError, match="--levels.*more than once"):
+        plan_runs(ProtocolConfig("mario:3-1,3-1", None, steps=10, seeds=1, out="x"))
+    with pytest.raises(ConfigError, match="unknown Super Mario Bros level '9-1'"):
+        plan_runs(ProtocolConfig("mario:3-1,9-1", None, steps=10, seeds=1, out="x"))
+    with pytest.raises(ConfigError, match="--steps"):
+        plan_runs(ProtocolConfig("mario:3-1,3-2", None, steps=0, seeds=1, out="x"))
+
+
+class FakeRunner:
+    """Records calls, writes a minimal run dir, and can be 'interrupted' at the n-th call."""
+
+    def __init__(self, fail_at: int | None = None) -> None:
+        self.calls: list[tuple[str, str, bool, str | None]] = []
+        self.fail_at = fail_at
+
+    def __call__(self, cfg: TrainConfig, algo_cfg: Any, init_from: str | None) -> Path:
+        run_dir = Path(str(cfg.run_dir))
+        self.calls.append((str(run_dir), cfg.env, cfg.resume, init_from))
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.json").write_text("{}")
+        if self.fail_at is not None and len(self.calls) == self.fail_at:
+            raise KeyboardInterrupt
+        if init_from is not None:
+            assert (Path(init_from) / "eval" / "final.json").exists()  # the joint run is complete first
+        (run_dir / "eval").mkdir(exist_ok=True)
+        (run_dir / "eval" / "final.json").write_text("{}")
+        return run_dir
+
+
+def test_interrupted_protocol_continues_where_it_stopped(tmp_path: Path) -> None:
+    cfg = ProtocolConfig(LEVELS, TRANSFER, steps=50, seeds=1, out=str(tmp_path / "out"))
+    base = tiny_config(str(tmp_path / "unused"))
+    first = FakeRunner(fail_at=4)  # dies inside the first fine-tune run
+    with pytest.raises(KeyboardInterrupt):
+        run_protocol(cfg, base, DreamerConfig(size="small"), run_fn=first, log=lambda _: None)
+    assert json.loads((tmp_path / "out" / "status.json").read_text())["finished"] == [
+        "baseline/MiniGrid-Empty-5x5-v0/s1", "baseline/MiniGrid-DoorKey-5x5-v0/s1", "joint/s1"]
+    second = FakeRunner()
+    dirs = run_protocol(cfg, base, DreamerConfig(size="small"), run_fn=second, log=lambda _: None)
+    assert len(dirs) == 7
+    names = [Path(c[0]).relative_to(tmp_path / "out" / "runs").as_posix() for c in second.calls]
+    assert names[0] == "finetune/MiniGrid-Empty-5x5-v0/s1" and len(names) == 4  # finished runs are skipped
+    assert second.calls[0][2] is True  # the interrupted run is resumed
+    assert all(c[2] is False for c in second.calls[1:])
+    # nothing left to do: a third call runs nothing
+    third = FakeRunner()
+    run_protocol(cfg, base, DreamerConfig(size="small"), run_fn=third, log=lambda _: None)
+    assert third.calls == []
+
+
+def test_folder_of_another_config_is_refused(tmp_path: Path) -> None:
+    base = tiny_config(str(tmp_path / "unused"))
+    cfg = ProtocolConfig(LEVELS, None, steps=50, seeds=1, out=str(tmp_path / "out"))
+    run_protocol(cfg, base, DreamerConfig(size="small"), run_fn=FakeRunner(), log=lambda _: None)
+    other = ProtocolConfig(LEVELS, None, steps=60, seeds=1, out=str(tmp_path / "out"))
+    with pytest.raises(ConfigError, match="another config.*protocol.steps"):
+        run_protocol(other, base, DreamerConfig(size="small"), run_fn=FakeRunner(), log=lambda _: None)
+    with pytest.raises(ConfigError, match="algo_config.seq_len"):
+        run_protocol(cfg, base, DreamerConfig(size="small", seq_len=10), run_fn=FakeRunner(), log=lambda _: None)
+    (tmp_path / "stranger").mkdir()
+    (tmp_path / "stranger" / "notes.txt").write_text("mine")
+    with pytest.raises(ConfigError, match="not a protocol folder"):
+        run_protocol(ProtocolConfig(LEVELS, None, 50, 1, str(tmp_path / "stranger")), base,
+                     DreamerConfig(size="small"), run_fn=FakeRunner(), log=lambda _: None)
+
+
+def test_end_to_end_with_tiny_dreamer_runs(tmp_path: Path) -> None:
+    """Real Dreamer runs (MiniGrid levels, a few dozen steps each): every run dir complete, the fine-tune and
+    transfer runs start from the joint run's weights."""
+    base = tiny_config(str(tmp_path / "unused"), critic="scalar", num_envs=1, tensorboard=False,
+                       max_episode_steps=6, eval_episodes=1, eval_num_envs=1)
+    dreamer = DreamerConfig(size="small", batch_size=2, seq_len=4, train_every=8, prefill=8, horizon=2,
+                            log_every=8, checkpoint_every=16, replay_capacity=500)
+    cfg = ProtocolConfig(LEVELS, TRANSFER, steps=16, seeds=1, out=str(tmp_path / "out"))
+    dirs = run_protocol(cfg, base, dreamer, log=lambda _: None)
+    assert len(dirs) == 7
+    for run_dir in dirs:
+        assert (run_dir / "eval" / "final.json").exists(), run_dir
+    joint = json.loads((tmp_path / "out" / "runs" / "joint" / "s1" / "eval" / "final.json").read_text())
+    assert joint["level_names"] == LEVELS.split(",")
+    init = json.loads((tmp_path / "out" / "runs" / "transfer" / "MiniGrid-Empty-6x6-v0" / "s1" /
+                       "init_from.json").read_text())
+    assert init["run_dir"].endswith("joint/s1")
+    from multiscene.logger import read_metrics
+
+    records = read_metrics(tmp_path / "out" / "runs" / "joint" / "s1" / "metrics.jsonl")
+    level_keys = {k for r in records for k in r if k.startswith("levels/")}
+    assert any(k.endswith("/image_loss") for k in level_keys)  # per-level image loss (seed 003 Fig. 4)
+    assert all(k.split("/")[1] in LEVELS.split(",") for k in level_keys)
+
+    from multiscene.protocol.pretrain import protocol_figures
+
+    figures = protocol_figures(tmp_path / "out")
+    assert [f.name for f in figures] == ["pretrain_returns.png", "finetune_returns.png", "transfer_returns.png",
+                                         "combined_returns.png", "image_loss.png"]
+    assert all(f.stat().st_size > 1000 for f in figures)
