@@ -18,6 +18,9 @@ commands:
   report     write RUN_DIR/report/ (multiscene report RUN_DIR)
   compare    compare runs (multiscene compare RUN_DIR... --out DIR)
   runs       run directories and their status (multiscene runs [DIR])
+  protocol   seed 003's pre-train / fine-tune / transfer runs (multiscene protocol pretrain --levels L
+             --transfer-levels L --steps T --seeds R --out DIR [train flags]; multiscene protocol report DIR)
+  sweep      Ray Tune sweeps (multiscene sweep --preset P --grid KEY=V1,V2 --seeds N --out DIR)
   bench      benchmarks (multiscene bench throughput --preset P | multiscene bench learning)
 """
 
@@ -149,7 +152,47 @@ def cmd_runs(argv: Sequence[str]) -> int:
     return runs_main(list(argv))
 
 
-COMMANDS = {"train": cmd_train, "eval": cmd_eval, "report": cmd_report, "compare": cmd_compare, "runs": cmd_runs, "bench": cmd_bench}
+def cmd_protocol(argv: Sequence[str]) -> int:
+    """``protocol pretrain ...`` runs seed 003's experiments as ordinary run directories; ``protocol report
+    DIR`` draws its figures."""
+    from multiscene.config import ConfigError
+
+    args = list(argv)
+    if not args or args[0] not in ("pretrain", "report"):
+        raise ConfigError("multiscene protocol: choose 'pretrain' (run the experiments) or 'report DIR' (figures).")
+    from multiscene.protocol.pretrain import ProtocolConfig, protocol_figures, run_protocol
+
+    if args[0] == "report":
+        if len(args) != 2:
+            raise ConfigError("usage: multiscene protocol report DIR")
+        for path in protocol_figures(args[1]):
+            print(f"written: {path}")
+        return 0
+    rest = args[1:]
+    options = {}
+    for name in ("--levels", "--transfer-levels", "--steps", "--seeds", "--out"):
+        options[name] = _pop_option(rest, name)
+    for name in ("--levels", "--steps", "--out"):
+        if options[name] is None:
+            raise ConfigError(f"multiscene protocol pretrain needs {name}.")
+    algo = _peek_option(rest, "--algo") or "dreamer"
+    if _peek_option(rest, "--algo") is None:
+        rest += ["--algo", algo]
+    if _peek_option(rest, "--env") is None:
+        rest += ["--env", options["--levels"]]  # picks the env family's preset
+    base = parse_train_args(rest)
+    try:
+        steps, seeds = int(options["--steps"]), int(options["--seeds"] or 1)
+    except ValueError as e:
+        raise ConfigError(f"--steps and --seeds take whole numbers: {e}") from e
+    protocol = ProtocolConfig(levels=options["--levels"], transfer_levels=options["--transfer-levels"],
+                              steps=steps, seeds=seeds, out=options["--out"], algo=algo)
+    dirs = run_protocol(protocol, base, getattr(base, algo, None))
+    print(f"[multiscene] protocol: {len(dirs)} run directories under {protocol.out}/runs")
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "report": cmd_report, "compare": cmd_compare, "runs": cmd_runs, "protocol": cmd_protocol, "bench": cmd_bench}
 
 
 def main(argv: Sequence[str] | None = None) -> None:

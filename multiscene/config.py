@@ -89,6 +89,9 @@ class CommonConfig:
     84x84 Atari stacks: nature, MiniGrid grids: minigrid, vectors: mlp)."""
     resume: bool = False
     """Continue the run in --run-dir from its last good checkpoint."""
+    init_from: str | None = None
+    """Start a NEW run from the weights of another run directory's latest good checkpoint (fine-tuning and
+    transfer, seed 003); the optimizer and the counters start afresh."""
     overwrite: bool = False
     """Start afresh in a --run-dir that already holds a run (its old files are moved to a backup folder)."""
 

@@ -30,6 +30,7 @@ ALGORITHMS: dict[str, str] = {
     "a2c": "multiscene.algos.onpolicy.a2c:A2C",
     "acktr": "multiscene.algos.onpolicy.acktr:ACKTR",
     "impala": "multiscene.algos.impala:IMPALA",
+    "dreamer": "multiscene.algos.dreamer:Dreamer",
 }
 
 CRITICS: dict[str, str] = {

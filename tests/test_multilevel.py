@@ -9,8 +9,9 @@ import pytest
 from scipy import stats
 
 from multiscene.config import ConfigError
+from multiscene.envs import make_env
 from multiscene.envs.base import EnvSpec, EnvStep, EpisodeStats, LevelSet
-from multiscene.envs.multilevel import MultiLevelVecEnv, is_multilevel, make_env_any, split_env_ids
+from multiscene.envs.multilevel import MultiLevelVecEnv, is_multilevel, split_env_ids
 
 IDS = ["MiniGrid-Empty-5x5-v0", "MiniGrid-DoorKey-5x5-v0", "MiniGrid-Empty-6x6-v0"]
 
@@ -20,7 +21,7 @@ def spec(env_id: str, num_envs: int = 3, max_steps: int | None = 2, seed: int = 
 
 
 def test_level_frequencies_are_uniform_over_episodes() -> None:
-    envs = make_env_any(spec(",".join(IDS)))
+    envs = make_env(spec(",".join(IDS)))
     assert isinstance(envs, MultiLevelVecEnv) and envs.level_names == IDS
     step = envs.reset()
     starts = list(step.level_seed)
@@ -41,7 +42,7 @@ def test_level_frequencies_are_uniform_over_episodes() -> None:
 
 
 def test_level_only_changes_at_episode_starts_and_obs_has_the_shared_shape() -> None:
-    envs = make_env_any(spec(",".join(IDS), num_envs=2, max_steps=4, seed=3))
+    envs = make_env(spec(",".join(IDS), num_envs=2, max_steps=4, seed=3))
     step = envs.reset()
     assert step.obs.shape == (2, 7, 7, 3) and envs.num_actions == 7
     prev = step.level_seed.copy()
@@ -54,7 +55,7 @@ def test_level_only_changes_at_episode_starts_and_obs_has_the_shared_shape() -> 
 
 
 def test_state_roundtrip_replays_the_same_levels() -> None:
-    envs = make_env_any(spec(",".join(IDS[:2]), num_envs=2))
+    envs = make_env(spec(",".join(IDS[:2]), num_envs=2))
     envs.reset()
     for _ in range(5):
         envs.step(np.ones(2, dtype=np.int64))

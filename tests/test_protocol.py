@@ -133,3 +133,29 @@ def test_end_to_end_with_tiny_dreamer_runs(tmp_path: Path) -> None:
     assert [f.name for f in figures] == ["pretrain_returns.png", "finetune_returns.png", "transfer_returns.png",
                                          "combined_returns.png", "image_loss.png"]
     assert all(f.stat().st_size > 1000 for f in figures)
+
+
+def test_protocol_command_runs_on_policy_runs_with_init_from(tmp_path: Path) -> None:
+    """`multiscene protocol pretrain --algo ppo ...`: the on-policy loop takes --init-from, so the protocol
+    works with PPO too (issue 13 item 5); a second call finds everything finished."""
+    from safetensors.torch import load_file
+
+    from multiscene.cli import main
+
+    out = tmp_path / "out"
+    argv = ["protocol", "pretrain", "--algo", "ppo", "--levels", LEVELS, "--steps", "64", "--seeds", "1",
+            "--out", str(out), "--critic", "scalar", "--num-envs", "2", "--num-steps", "16", "--num-minibatches",
+            "1", "--hidden-size", "16", "--eval-episodes", "1", "--eval-num-envs", "1", "--progress", "none",
+            "--max-episode-steps", "8"]
+    with pytest.raises(SystemExit) as stop:
+        main(argv)
+    assert stop.value.code == 0
+    runs = out / "runs"
+    joint = load_file(str(runs / "joint" / "s1" / "checkpoints" / sorted(
+        p.name for p in (runs / "joint" / "s1" / "checkpoints").iterdir())[-1] / "model.safetensors"))
+    assert joint and (runs / "finetune").exists()
+    for run_dir in [p for p in runs.glob("*/*/s1")] + [runs / "joint" / "s1"]:
+        assert (run_dir / "eval" / "final.json").exists(), run_dir
+    with pytest.raises(SystemExit) as again:
+        main(argv)
+    assert again.value.code == 0

@@ -105,8 +105,15 @@ def env_family(env_id: str) -> EnvFamily:
 
     By name only (nothing is imported or built); ``check_env_id`` says whether the id exists.
     """
+    from multiscene.envs.mario import is_mario
+    from multiscene.envs.multilevel import is_multilevel
+
     if is_procgen(env_id):
         return "procgen"
+    if is_multilevel(env_id):
+        return "multilevel"
+    if is_mario(env_id):
+        return "mario"
     if env_id.startswith("MiniGrid-"):
         return "minigrid"
     return "gymnasium"
@@ -124,9 +131,31 @@ def check_env_id(env_id: str) -> None:
     registered Gymnasium id whose backend loads (ale-py ids register on import; a missing Atari ROM or a
     MuJoCo that fails to load is refused with the reason). Builds no env.
 
-    Only ``MiniGrid-*`` ids count as MiniGrid (the config tells the families apart by that prefix).
+    Only ``MiniGrid-*`` ids count as MiniGrid (the config tells the families apart by that prefix). Super
+    Mario Bros levels are ``mario:W-S`` (or a level set, ``mario:E4``); a comma-separated list of other ids is
+    a multi-level env that picks one of them per episode (seed 003; all-Procgen lists keep Procgen's fixed
+    share of envs per game).
     """
     if is_procgen(env_id):
+        return
+    family = env_family(env_id)
+    if family == "multilevel":
+        from multiscene.envs.multilevel import split_env_ids
+
+        parts = split_env_ids(env_id)
+        for part in parts:
+            check_env_id(part)
+        families = {part: env_family(part) for part in parts}
+        if len(set(families.values())) > 1:
+            raise ConfigError(
+                f"--env {env_id!r}: the levels of a multi-level env must share observation and action spaces, "
+                f"so one env family; here: {', '.join(f'{p} ({f})' for p, f in families.items())}."
+            )
+        return
+    if family == "mario":
+        from multiscene.envs.mario import parse_mario_levels
+
+        parse_mario_levels(env_id)
         return
     parts = procgen_games(env_id)
     if len(parts) > 1:
@@ -220,6 +249,14 @@ def make_env(spec: EnvSpec) -> VecEnv:
     """Build the vectorized env set described by ``spec`` (call ``reset()`` before the first ``step``)."""
     check_env_spec(spec)
     family = env_family(spec.env_id)
+    if family == "multilevel":
+        from multiscene.envs.multilevel import MultiLevelVecEnv, split_env_ids
+
+        return MultiLevelVecEnv(split_env_ids(spec.env_id), spec)
+    if family == "mario":
+        from multiscene.envs.mario import MarioVecEnv
+
+        return MarioVecEnv(spec)
     if family == "procgen":
         from multiscene.envs.procgen import ProcgenVecEnv
 

@@ -100,7 +100,7 @@ class MarioVecEnv:
     def __init__(self, spec: EnvSpec) -> None:
         levels = parse_mario_levels(spec.env_id)
         if len(levels) != 1:
-            raise ConfigError(f"MarioVecEnv runs one level; {spec.env_id!r} is a multi-level env (make_env_any).")
+            raise ConfigError(f"MarioVecEnv runs one level; {spec.env_id!r} is a multi-level env (make_env).")
         self.level = levels[0]
         world, stage = (int(x) for x in self.level.split("-"))
         self.env_id = f"{MARIO_PREFIX}{self.level}"

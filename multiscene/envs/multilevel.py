@@ -61,14 +61,6 @@ def make_single_env(spec: EnvSpec) -> VecEnv:
     return make_env(spec)
 
 
-def make_env_any(spec: EnvSpec) -> VecEnv:
-    """``make_env`` plus Mario and multi-level ids, until ``multiscene.envs.make_env`` dispatches them itself
-    (the lines to add there are in docs/dreamer.md)."""
-    if is_multilevel(spec.env_id):
-        return MultiLevelVecEnv(split_env_ids(spec.env_id), spec)
-    return make_single_env(spec)
-
-
 class MultiLevelVecEnv:
     """``spec.num_envs`` slots, each running episodes of a sub-env picked uniformly per episode."""
 

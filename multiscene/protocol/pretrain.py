@@ -114,15 +114,22 @@ RunFn = Callable[[TrainConfig, Any, str | None], Path]
 
 
 def run_one(algo: str) -> RunFn:
-    """The trainer of ``algo``."""
-    if algo == "dreamer":
-        from multiscene.algos.dreamer.loop import train
+    """The trainer of ``algo`` (any registered algorithm whose loop takes ``--init-from``)."""
+    from multiscene import registry
 
-        return train
-    raise ConfigError(
-        f"--algo {algo!r}: the protocol needs a loop that can start from another run's weights (--init-from); "
-        "today that is dreamer. The on-policy loop gets it with the hook described in docs/dreamer.md."
-    )
+    trainer = registry.load("algorithm", algo)
+    if algo == "impala":
+        raise ConfigError("--algo impala: its loop cannot start from another run's weights (--init-from) yet.")
+
+    group = getattr(trainer, "config_group", None)
+
+    def run(cfg: TrainConfig, algo_cfg: Any, init_from: str | None) -> Path:
+        changes: dict[str, Any] = {"algo": algo, "init_from": init_from}
+        if group is not None and isinstance(algo_cfg, group[1]):
+            changes[group[0]] = algo_cfg  # the algorithm's own options (--dreamer.*) as the protocol records them
+        return trainer.train(dataclasses.replace(cfg, **changes))
+
+    return run
 
 
 def _protocol_record(cfg: ProtocolConfig, base: TrainConfig, algo_cfg: Any) -> dict[str, Any]:

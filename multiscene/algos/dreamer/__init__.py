@@ -16,9 +16,13 @@ over ``defaults`` (the last version of that file); each field's docstring names 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
 
 from multiscene.config import ConfigError
+
+if TYPE_CHECKING:
+    from multiscene.config import TrainConfig
 
 DreamerSize = Literal["small", "paper"]
 ActorGrad = Literal["auto", "reinforce", "dynamics", "both"]
@@ -132,6 +136,9 @@ class DreamerConfig:
     def widths(self) -> SizeSpec:
         return SIZES[self.size]
 
+    def validate(self, cfg: TrainConfig) -> None:
+        validate_dreamer(self)
+
 
 def validate_dreamer(d: DreamerConfig) -> None:
     """Raise ConfigError naming the ``--dreamer.*`` flag and what is allowed."""
@@ -172,3 +179,19 @@ def validate_dreamer(d: DreamerConfig) -> None:
 
 
 __all__ = ["SIZES", "DreamerConfig", "SizeSpec", "validate_dreamer"]
+
+
+class Dreamer:
+    """``--algo dreamer``: DreamerV2's own loop (replay -> world model -> imagination -> actor-critic;
+    multiscene/algos/dreamer/loop.py); options in ``--dreamer.*``."""
+
+    name = "dreamer"
+    family = "dreamer"
+    config_group = ("dreamer", DreamerConfig)
+    not_data_parallel = "DreamerV2 trains from one process's replay"
+
+    @classmethod
+    def train(cls, cfg: TrainConfig) -> Path:
+        from multiscene.algos.dreamer.loop import train
+
+        return train(cfg, cfg.dreamer, cfg.init_from)  # type: ignore[attr-defined]

@@ -35,13 +35,13 @@ from multiscene.algos.dreamer.rssm import RSSMState, flatten_time
 from multiscene.algos.dreamer.world_model import WorldModel
 from multiscene.checkpoint import load_latest_checkpoint, save_checkpoint
 from multiscene.config import ConfigError, TrainConfig
+from multiscene.envs import make_env
 from multiscene.envs.base import EnvError, EpisodeStats, VecEnv
-from multiscene.envs.multilevel import make_env_any
 from multiscene.evaluate import summarize
 from multiscene.logger import METRICS_FILE, MetricsLogger, Progress, truncate_metrics
 from multiscene.rundir import atomic_write_json, prepare_run_dir
-from multiscene.trainer import (
-    _SignalFlag,
+from multiscene.runtime import (
+    SignalFlag,
     env_spec,
     load_config,
     resolve_device,
@@ -268,7 +268,7 @@ def train(cfg: TrainConfig, dreamer: DreamerConfig, init_from: str | None = None
         torch.set_num_threads(cfg.torch_threads)
     seed_everything(cfg.seed, cfg.deterministic_torch)
     device = resolve_device(cfg.device)
-    envs = make_env_any(env_spec(cfg, "train", cfg.num_envs))
+    envs = make_env(env_spec(cfg, "train", cfg.num_envs))
     B, A = envs.num_envs, envs.num_actions
     agent = DreamerAgent(envs.obs_shape, A, dreamer).to(device)
     learner = DreamerLearner(agent, dreamer)
@@ -351,7 +351,7 @@ def train(cfg: TrainConfig, dreamer: DreamerConfig, init_from: str | None = None
     counts: dict[str, int] = {}
     level_names: list[str] | None = getattr(envs, "level_names", None)
     stop_reason: str | None = None
-    with _SignalFlag() as signals:
+    with SignalFlag() as signals:
         try:
             while global_step < cfg.total_timesteps:
                 if signals.signum is not None:
@@ -532,7 +532,7 @@ def evaluate_dreamer(
             stats: dict[str, Any] = {}
             for deterministic in (False, True):
                 torch.manual_seed(cfg.seed * 7 + int(deterministic))
-                envs = make_env_any(env_spec(cfg, split, min(cfg.eval_num_envs, n), seed_offset=101 + int(deterministic)))
+                envs = make_env(env_spec(cfg, split, min(cfg.eval_num_envs, n), seed_offset=101 + int(deterministic)))
                 try:
                     summary.setdefault("level_names", getattr(envs, "level_names", None))
                     episodes = run_policy_episodes(agent, envs, n, deterministic, device)
@@ -544,7 +544,7 @@ def evaluate_dreamer(
                     stats.update(summarize(episodes))
             summary[split] = stats
         if tag == "final":
-            envs = make_env_any(env_spec(cfg, "test", min(cfg.eval_num_envs, n), seed_offset=101))
+            envs = make_env(env_spec(cfg, "test", min(cfg.eval_num_envs, n), seed_offset=101))
             try:
                 episodes = run_policy_episodes(agent, envs, n, False, device, random_policy=True)
             finally:

@@ -143,6 +143,8 @@ def _train(cfg: TrainConfig, algo: OnPolicyAlgorithm, ctx: dist.DistContext, dev
     if ctx.rank > 0:
         # Same weights on every rank (seeded above), but each rank's own stream of sampled actions.
         seed_everything(cfg.seed * 1000 + seed_offset, cfg.deterministic_torch)
+    if cfg.init_from and not resume:
+        load_initial_weights(agent, Path(cfg.init_from), progress_message=print if ctx.is_main else None)
     optimizer = algo.make_optimizer(agent, local)
     schedule = make_cc_schedule(cfg)
     collector = RolloutCollector(envs, agent, local, device)
@@ -340,6 +342,25 @@ def _train(cfg: TrainConfig, algo: OnPolicyAlgorithm, ctx: dist.DistContext, dev
     final_logger.log({"update": update, "global_step": global_step, **eval_record(summary)})
     final_logger.close()
     return run_dir
+
+
+def load_initial_weights(agent: Agent, source: Path, progress_message: Any = None) -> None:
+    """``--init-from RUN_DIR``: the weights of that run's latest good checkpoint, for a new run (seed 003's
+    fine-tuning and transfer). The agents must match (same env spaces, critic, core and sizes)."""
+    from multiscene.config import ConfigError
+
+    ckpt = load_latest_checkpoint(source, load_state=False)
+    if ckpt is None:
+        raise ConfigError(f"--init-from {source}: no readable checkpoint there (is it a run directory?).")
+    try:
+        load_agent_tensors(agent, ckpt.tensors)
+    except RuntimeError as e:
+        raise ConfigError(
+            f"--init-from {source}: its agent does not match this run's (env spaces, --critic, --core, "
+            f"--hidden-size and the other agent settings must agree): {str(e).splitlines()[0]}"
+        ) from e
+    if progress_message is not None:
+        progress_message(f"--init-from: weights of {ckpt.path} (update {ckpt.update})")
 
 
 def check_agent_fits_env(cfg: TrainConfig) -> None:
