@@ -18,6 +18,7 @@ commands:
   report     write RUN_DIR/report/ (multiscene report RUN_DIR)
   compare    compare runs (multiscene compare RUN_DIR... --out DIR)
   bench      benchmarks (multiscene bench throughput --preset P | multiscene bench learning)
+  sweep      grid x seeds on Ray Tune (multiscene sweep --preset P --grid dve.k1=0.002,0.02 --seeds 4 --out DIR)
 """
 
 
@@ -122,7 +123,14 @@ def cmd_bench(argv: Sequence[str]) -> int:
     return bench_main(list(argv))
 
 
-COMMANDS = {"train": cmd_train, "eval": cmd_eval, "report": cmd_report, "compare": cmd_compare, "bench": cmd_bench}
+def cmd_sweep(argv: Sequence[str]) -> int:
+    from multiscene.scale.sweep import main as sweep_main
+
+    return sweep_main(list(argv))
+
+
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "report": cmd_report, "compare": cmd_compare, "bench": cmd_bench,
+            "sweep": cmd_sweep}
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -250,6 +250,7 @@ def fit_critic(
     seed: int,
     device: torch.device | str = "cpu",
     grad_every: int | None = None,
+    on_eval: Callable[[list[dict[str, float]]], None] | None = None,
 ) -> FitResult:
     """Train the critic of ``cfg`` (with ``cfg``'s encoder and core) on ``train``; evaluate on ``evaluate``.
 
@@ -262,6 +263,8 @@ def fit_critic(
     every ``eval_every`` steps and after the last step; DVE gradient norms are recorded every ``grad_every``
     steps (default ``eval_every``). ``cfg.dve.attention_lr_scale`` gives the attention layer its own learning
     rate and ``cfg.dve.cc_grad_ratio`` caps L_CC's gradient on it relative to the value loss's (issue 14).
+    ``on_eval(curve)`` is called after each evaluation with the curve so far (a sweep reports it to its
+    scheduler).
     """
     device = torch.device(device)
     if steps < 1 or batch_episodes < 1 or eval_every < 1:
@@ -295,6 +298,8 @@ def fit_critic(
             for i in range(alpha.shape[-1]):
                 entry[f"argmax_share/{i}"] = float((winner == i).mean())
         result.curve.append(entry)
+        if on_eval is not None:
+            on_eval(result.curve)
 
     loss_value = math.nan
     for step in range(steps):
@@ -416,19 +421,25 @@ def scene_of_steps(data: Episodes) -> tuple[np.ndarray, np.ndarray]:
     return after, scene
 
 
-def fit_record(cfg: TrainConfig, settings: FitSettings, seed: int) -> dict[str, Any]:
+def fit_record(
+    cfg: TrainConfig,
+    settings: FitSettings,
+    seed: int,
+    on_eval: Callable[[list[dict[str, float]]], None] | None = None,
+) -> dict[str, Any]:
     """Fit ``cfg``'s critic for one seed and summarize it (JSON-safe), on held-out steps t > 0.
 
     Keys: ``auc_error_after`` (mean of the held-out error over the evaluations: area under the error curve),
     ``final_error_after``, ``final_confusion``, ``cluster_spread``, ``argmax_shares`` (share of held-out steps
     t > 0 each cluster wins), ``clusters_in_use`` (clusters winning >= 10% of them; issue 14's criterion),
     ``scene_nmi``, ``cc_fired_step``, ``curve``, ``gradients``, ``seconds``. DVE-only keys are None for scalar.
+    ``on_eval`` as in ``fit_critic``.
     """
     from multiscene.analysis.stats import cluster_level_purity
 
     train, test = fit_data(settings)
     result = fit_critic(cfg, train, test, settings.steps, settings.batch_episodes, settings.eval_every, seed,
-                        grad_every=settings.grad_every)
+                        grad_every=settings.grad_every, on_eval=on_eval)
     after_errors = np.array([entry["error_after"] for entry in result.curve])
     record: dict[str, Any] = {
         "critic": cfg.critic,
