@@ -42,7 +42,10 @@ class DVEConfig:
     preboost_fraction: float = 0.25
     """Pre-boost: fraction of the budget over which k1, k2 ramp linearly from 0 to their values."""
     postboost_step: int = 0
-    """Post-boost: the env step at which L_CC switches on."""
+    """Post-boost: the env step at which L_CC switches on (unless --dve.postboost-fraction is set)."""
+    postboost_fraction: float = 0.0
+    """Post-boost: if > 0, L_CC switches on at this fraction of --total-timesteps instead of at
+    --dve.postboost-step (a budget-independent setting; issue 14)."""
     auto_window: int = 10
     """Post-boost-auto: number of updates in each of the two windows whose mean episode lengths are compared."""
     auto_threshold: float = 0.05
@@ -268,7 +271,16 @@ def validate(cfg: TrainConfig) -> None:
         raise ConfigError(f"--dve.preboost-fraction must lie in (0, 1], got {d.preboost_fraction}.")
     if d.postboost_step < 0:
         raise ConfigError(f"--dve.postboost-step must be >= 0, got {d.postboost_step}.")
-    if cfg.critic == "sparse-dve" and d.schedule == "post-boost" and d.postboost_step >= cfg.total_timesteps:
+    if not 0.0 <= d.postboost_fraction < 1.0:
+        raise ConfigError(f"--dve.postboost-fraction must lie in [0, 1) (0 = use --dve.postboost-step), "
+                          f"got {d.postboost_fraction}.")
+    if d.postboost_fraction > 0 and d.postboost_step > 0:
+        raise ConfigError(
+            f"--dve.postboost-step ({d.postboost_step}) and --dve.postboost-fraction ({d.postboost_fraction}) are "
+            "both set; set one of them (--dve.postboost-fraction 0 makes --dve.postboost-step count)."
+        )
+    if (cfg.critic == "sparse-dve" and d.schedule == "post-boost" and d.postboost_fraction == 0.0
+            and d.postboost_step >= cfg.total_timesteps):
         raise ConfigError(
             f"--dve.postboost-step ({d.postboost_step}) must be below --total-timesteps "
             f"({cfg.total_timesteps}), or L_CC never switches on."

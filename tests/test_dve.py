@@ -645,3 +645,20 @@ def test_spread_schedule_fires_after_a_window_of_spread() -> None:
 def test_new_dve_fields_are_validated(changes: dict[str, Any], flag: str) -> None:
     with pytest.raises(ConfigError, match=flag):
         validate(TrainConfig(critic="sparse-dve", dve=DVEConfig(**changes)))
+
+
+def test_post_boost_fraction_of_the_budget() -> None:
+    s = schedule(2000, k1=0.2, k2=0.4, schedule="post-boost", postboost_fraction=0.5, postboost_step=10)
+    assert s.scales(999) == {"cc_confusion": 0.0, "cc_contribution": 0.0}  # the fraction overrides the step
+    assert s.scales(1000) == pytest.approx({"cc_confusion": 0.2, "cc_contribution": 0.4})
+    # Budget-independent: valid with a tiny budget, where a fixed step would be past the end.
+    validate(TrainConfig(critic="sparse-dve", total_timesteps=2048, num_envs=16, num_steps=128,
+                         dve=DVEConfig(schedule="post-boost", postboost_fraction=0.5)))
+    with pytest.raises(ConfigError, match="--dve.postboost-fraction"):
+        validate(TrainConfig(critic="sparse-dve", dve=DVEConfig(schedule="post-boost", postboost_fraction=1.0)))
+
+
+def test_post_boost_step_and_fraction_together_are_rejected() -> None:
+    with pytest.raises(ConfigError, match="--dve.postboost-step"):
+        validate(TrainConfig(critic="sparse-dve",
+                             dve=DVEConfig(schedule="post-boost", postboost_fraction=0.5, postboost_step=100)))

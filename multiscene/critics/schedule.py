@@ -16,7 +16,8 @@ Schedules (``--dve.schedule``), each giving a factor f in [0, 1] with scales ``(
   "moderately small" coefficients from step 0 so that alpha becomes sparse over the first quarter of training;
   the linear ramp from 0 is our reading of that.
 - ``post-boost`` (class-2 games): f = 0 before ``postboost_step``, 1 from it on (seed 000: after pre-training
-  plain DVE, 50M steps per worker there).
+  plain DVE, 50M steps per worker there); with ``postboost_fraction > 0`` the switch is at that fraction of
+  ``total_timesteps`` instead (issue 14: the quickstart's recipe switches on at half the budget).
 - ``post-boost-auto``: the seed's criterion, "once the rate of increase of the average episode length has
   declined", made into a rule (ours):
 
@@ -74,6 +75,13 @@ class CCSchedule:
         """spread: number of consecutive observations at or above the threshold."""
 
     @property
+    def postboost_start(self) -> float:
+        """Post-boost: the step from which L_CC is on (``postboost_fraction * total`` when that is > 0)."""
+        if self.dve.postboost_fraction > 0:
+            return self.dve.postboost_fraction * self.total_timesteps
+        return float(self.dve.postboost_step)
+
+    @property
     def term_names(self) -> tuple[str, ...]:
         """The aux terms this schedule scales: both L_CC terms for sparse-dve, none otherwise."""
         return ("cc_confusion", "cc_contribution") if self.critic == "sparse-dve" else ()
@@ -84,7 +92,7 @@ class CCSchedule:
             ramp_steps = self.dve.preboost_fraction * self.total_timesteps
             return min(1.0, max(0.0, global_step / ramp_steps))
         if self.kind == "post-boost":
-            return 1.0 if global_step >= self.dve.postboost_step else 0.0
+            return 1.0 if global_step >= self.postboost_start else 0.0
         if self.kind in ("post-boost-auto", "spread"):
             return 1.0 if self.fired_step is not None and global_step >= self.fired_step else 0.0
         return 0.0
