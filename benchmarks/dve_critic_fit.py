@@ -276,7 +276,9 @@ def plot_gradients(records: list[dict[str, Any]], path: Path) -> None:
         twin.plot(steps, np.mean([[g["confusion"] for g in r["gradients"]] for r in rows], axis=0), color="grey",
                   linestyle=":", label="confusion (right)")
         twin.set_ylim(0.3, 1.02)
-        on = [r.get("cc_fired_step") for r in rows if r.get("cc_fired_step") is not None]
+        # where L_CC switched on (first recorded step with a non-zero share of it in force), mean over seeds
+        on = [next((g["step"] for g in r["gradients"] if g["cc_factor"] > 0), None) for r in rows]
+        on = [x for x in on if x is not None]
         if on:
             ax.axvline(float(np.mean(on)), color="black", linewidth=0.8, linestyle="--")
     axes[0][0].set_ylabel("gradient norm on the attention layer")

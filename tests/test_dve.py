@@ -21,6 +21,7 @@ from multiscene.critics.base import CriticOutput
 from multiscene.critics.dve import (
     attention_grad_norms,
     attention_param_groups,
+    cc_grad_cap,
     cc_loss,
     cc_terms,
     cluster_spread,
@@ -596,6 +597,8 @@ def test_attention_param_groups() -> None:
     model.critic = DVECritic(8, 4, dve_config(), sparse=True)
     groups = attention_param_groups(model, model.critic, lr=1e-3, attention_lr_scale=0.1)
     assert [g["lr"] for g in groups] == pytest.approx([1e-3, 1e-4])
+    assert [g["lr_scale"] for g in groups] == pytest.approx([1.0, 0.1])
+    torch.optim.Adam(groups, lr=1e-3)  # the extra key is accepted by torch optimizers
     assert {id(p) for p in groups[1]["params"]} == {id(p) for p in model.critic.attention.parameters()}
     everything = {id(p) for p in model.parameters()}
     assert {id(p) for g in groups for p in g["params"]} == everything
@@ -662,3 +665,10 @@ def test_post_boost_step_and_fraction_together_are_rejected() -> None:
     with pytest.raises(ConfigError, match="--dve.postboost-step"):
         validate(TrainConfig(critic="sparse-dve",
                              dve=DVEConfig(schedule="post-boost", postboost_fraction=0.5, postboost_step=100)))
+
+
+def test_cc_grad_cap() -> None:
+    assert cc_grad_cap(value_norm=1.0, cc_norm=5.0, ratio=0.1) == pytest.approx(0.02)  # 0.02 * 5 = 0.1 * 1
+    assert cc_grad_cap(value_norm=1.0, cc_norm=0.05, ratio=0.1) == 1.0  # already below the cap
+    assert cc_grad_cap(value_norm=1.0, cc_norm=5.0, ratio=0.0) == 1.0  # off
+    assert cc_grad_cap(value_norm=1.0, cc_norm=0.0, ratio=0.1) == 1.0

@@ -23,7 +23,7 @@ TINY_TRAIN = [
     "--set", "num_envs=2", "--set", "num_steps=8", "--set", "num_minibatches=1", "--set", "update_epochs=1",
     "--set", "total_timesteps=16", "--set", "hidden_size=16", "--set", "eval_episodes=2",
     "--set", "eval_num_envs=2", "--set", "num_levels=4", "--set", "tensorboard=false",
-    "--set", "progress=none", "--set", "device=cpu",
+    "--set", "progress=none", "--set", "device=cpu", "--set", "max_episode_steps=8",
 ]
 
 

@@ -31,7 +31,13 @@ import torch
 
 from multiscene.config import TrainConfig
 from multiscene.critics.base import CriticOutput
-from multiscene.critics.dve import attention_grad_norms, attention_param_groups, cluster_spread, confusion
+from multiscene.critics.dve import (
+    attention_grad_norms,
+    attention_param_groups,
+    cc_grad_cap,
+    cluster_spread,
+    confusion,
+)
 from multiscene.critics.schedule import make_cc_schedule
 from multiscene.models.agent import Agent
 
@@ -333,8 +339,7 @@ def fit_critic(
                 # only the ratio of the two gradients decides how far L_CC moves alpha (issue 14, lead 1). The
                 # norm of the sum bounds the norm of L_CC's gradient by the triangle inequality.
                 cc_norm = factor * (norms["cc_confusion"] + norms["cc_contribution"])
-                if cc_norm > 0:
-                    factor *= min(1.0, cfg.dve.cc_grad_ratio * norms["value"] / cc_norm)
+                factor *= cc_grad_cap(norms["value"], cc_norm, cfg.dve.cc_grad_ratio)
             for name, term in terms.items():
                 loss = loss + factor * weights[name] * term
             if log_gradients:

@@ -52,6 +52,7 @@ __all__ = [
     "DVECritic",
     "attention_grad_norms",
     "attention_param_groups",
+    "cc_grad_cap",
     "cc_loss",
     "cc_terms",
     "cluster_spread",
@@ -259,16 +260,28 @@ def attention_param_groups(model: nn.Module, critic: nn.Module, lr: float, atten
     ``critic`` must be a ``DVECritic`` inside ``model``; for other critics (no ``attention`` attribute) or a scale
     of 1 this is one group with every parameter. Issue 14, lead 1: a separate learning rate for the layer that
     L_CC acts on.
+
+    Each group carries ``lr_scale`` (1 or ``attention_lr_scale``): a loop that anneals the learning rate sets
+    ``group["lr"] = lr_now * group["lr_scale"]``.
     """
     attention = getattr(critic, "attention", None)
     if attention is None or attention_lr_scale == 1.0:
-        return [{"params": list(model.parameters()), "lr": lr}]
+        return [{"params": list(model.parameters()), "lr": lr, "lr_scale": 1.0}]
     attention_ids = {id(p) for p in attention.parameters()}
     rest = [p for p in model.parameters() if id(p) not in attention_ids]
     return [
-        {"params": rest, "lr": lr},
-        {"params": list(attention.parameters()), "lr": lr * attention_lr_scale},
+        {"params": rest, "lr": lr, "lr_scale": 1.0},
+        {"params": list(attention.parameters()), "lr": lr * attention_lr_scale, "lr_scale": attention_lr_scale},
     ]
+
+
+def cc_grad_cap(value_norm: float, cc_norm: float, ratio: float) -> float:
+    """Factor in [0, 1] that scales L_CC so its gradient norm on the attention layer is at most ``ratio`` times
+    the value loss's (``--dve.cc-grad-ratio``; issue 14, lead 1). ``cc_norm``: the norm of L_CC's gradient as
+    it would enter the loss; ``ratio <= 0`` (off) or ``cc_norm == 0`` give 1."""
+    if ratio <= 0 or cc_norm <= 0:
+        return 1.0
+    return min(1.0, ratio * value_norm / cc_norm)
 
 
 @torch.no_grad()
