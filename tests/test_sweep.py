@@ -159,7 +159,7 @@ def test_sweep_on_ray_runs_resumes_and_leaves_no_ray_process(tmp_path: Path) -> 
     for trial in spec.trials:
         run_dir = out / "trials" / trial.name
         # an ordinary run directory: report and compare read these
-        saved = json.loads((run_dir / "config.json").read_text())
+        saved = json.loads((run_dir / "config.json").read_text())["config"]
         assert saved["seed"] == trial.seed and saved["critic"] == trial.overrides["critic"]
         assert (run_dir / "eval" / "final.json").exists() and (run_dir / "metrics.jsonl").exists()
         assert json.loads((run_dir / RESULT_FILE).read_text())["status"] == "done"

@@ -435,7 +435,6 @@ def _run_on_ray(spec: SweepSpec, todo: list[Trial], log: Any) -> str | None:
     from ray import tune
 
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     init_kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
     if spec.address is not None:
         init_kwargs["address"] = spec.address
