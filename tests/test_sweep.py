@@ -50,6 +50,8 @@ def _closed_port() -> int:
         (["--seeds", "two"], "--seeds"),
         (["--preset", "nope"], "--preset"),
         (["--address", "nonsense"], "HOST:PORT"),
+        (["--scheduler", "asha"], "reports once"),
+        (["--task", "critic-fit", "--scheduler", "asha", "--metric", "scene_nmi"], "auc_error_after"),
     ],
 )
 def test_bad_input_is_one_config_error_before_any_trial(tmp_path: Path, args: list[str], message: str) -> None:

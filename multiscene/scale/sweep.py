@@ -17,7 +17,8 @@ What it does, in order:
    ordinary run directory (``multiscene.trainer.train``: ``report`` and ``compare`` read it), for
    ``critic-fit`` ``config.json``, ``fit_settings.json``, ``metrics.jsonl`` (the held-out error curve and the
    attention gradient norms) and ``result.json``. ``--scheduler asha`` stops poor critic-fit trials early from
-   their intermediate held-out errors (a ``train`` trial reports once, at its end, so ASHA cannot stop it).
+   their intermediate held-out errors (``--metric auc_error_after``; a ``train`` trial reports once, at its end,
+   so ``--scheduler asha`` is refused for ``--task train``).
 4. Writes ``DIR/sweep_results.md`` and ``DIR/sweep_results.csv``: one row per grid point, ranked by the
    interquartile mean over seeds of ``--metric`` with a 95% stratified-bootstrap interval (rliable, as
    ``multiscene.analysis.stats.aggregate_intervals``), plus the other metrics' IQMs.
@@ -258,6 +259,12 @@ def parse_args(argv: Sequence[str]) -> SweepSpec:
         raise ConfigError(f"--task must be one of {', '.join(TASKS)}; got {ns.task!r}.")
     if ns.scheduler not in SCHEDULERS:
         raise ConfigError(f"--scheduler must be one of {', '.join(SCHEDULERS)}; got {ns.scheduler!r}.")
+    if ns.scheduler == "asha" and ns.task == "train":
+        raise ConfigError("--scheduler asha stops trials from their intermediate results, and a --task train trial "
+                          "reports once, at its end; use --scheduler fifo (or --task critic-fit).")
+    if ns.scheduler == "asha" and ns.metric not in (None, "auc_error_after"):
+        raise ConfigError("--scheduler asha compares critic-fit trials by their running auc_error_after; use "
+                          f"--metric auc_error_after or --scheduler fifo (got --metric {ns.metric}).")
     if ns.cpus_per_trial <= 0 or ns.gpus_per_trial < 0 or ns.max_concurrent < 0:
         raise ConfigError("--cpus-per-trial must be > 0, --gpus-per-trial >= 0, --max-concurrent >= 0.")
     if ns.gpus_per_trial > 0:
@@ -466,7 +473,7 @@ def _run_on_ray(spec: SweepSpec, todo: list[Trial], log: Any) -> str | None:
             "preset": spec.preset, "task": spec.task, "out": str(spec.out.resolve()), "intermediate": intermediate,
         }
         resources = {"cpu": spec.cpus_per_trial, "gpu": spec.gpus_per_trial}
-        metric = spec.metric if intermediate or spec.scheduler == "fifo" else "auc_error_after"
+        metric = spec.metric
         tuner = tune.Tuner(
             tune.with_resources(_tune_trainable, resources),
             param_space=param_space,
