@@ -557,13 +557,13 @@ def write_tables(spec: SweepSpec) -> str:
              "|---|---|---|---|---|" + "---|" * len(others)]
 
     def fmt(v: Any) -> str:
-        return "" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)
+        return "" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v)
 
     for rank, row in enumerate(rows, start=1):
-        ci = (f"{row['iqm']:.3f} [{row['ci_low']:.3f}, {row['ci_high']:.3f}]" if row.get("iqm") is not None
+        ci = (f"{row['iqm']:.4g} [{row['ci_low']:.4g}, {row['ci_high']:.4g}]" if row.get("iqm") is not None
               else "n/a")
         seeds = f"{row['seeds']}" + (f" (+{row['stopped']} stopped)" if row["stopped"] else "")
-        per_seed = ", ".join(f"{v:.3f}" for v in row.get("per_seed", []))
+        per_seed = ", ".join(f"{v:.4g}" for v in row.get("per_seed", []))
         lines.append(f"| {rank} | {row['point']} | {seeds} | {ci} | {per_seed} | "
                      + " | ".join(fmt(row.get(m)) for m in others) + " |")
     markdown = "\n".join(lines) + "\n"
