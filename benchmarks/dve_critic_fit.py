@@ -43,15 +43,24 @@ from typing import Any
 
 import numpy as np
 
-VARIANTS: dict[str, tuple[str, str]] = {
-    "scalar": ("scalar", "core"),
-    "dve": ("dve", "core"),
-    "dve-encoder": ("dve", "encoder"),
-    "sparse-dve": ("sparse-dve", "core"),
-    "sparse-dve-encoder": ("sparse-dve", "encoder"),
+PAPER_LCC: dict[str, Any] = {"k1": 0.02, "k2": 0.02, "schedule": "pre-boost", "contribution": "paper"}
+"""L_CC as measured on 2026-11-22 (the defaults then): seed 000's form, pre-boost ramp over the first quarter."""
+RECIPE_LCC: dict[str, Any] = {"k1": 0.02, "k2": 0.02, "schedule": "post-boost", "postboost_fraction": 0.5,
+                              "contribution": "normalized"}
+"""L_CC of the issue-14 recipe (docs/dve_benchmark.md, "Issue 14"): normalized contribution, switched on at half
+the fit (measured with ``--steps 2000``, i.e. from fit step 1000)."""
+
+VARIANTS: dict[str, tuple[str, str, dict[str, Any]]] = {
+    "scalar": ("scalar", "core", {}),
+    "dve": ("dve", "core", {}),
+    "dve-encoder": ("dve", "encoder", {}),
+    "sparse-dve": ("sparse-dve", "core", PAPER_LCC),
+    "sparse-dve-encoder": ("sparse-dve", "encoder", PAPER_LCC),
+    "sparse-dve-recipe": ("sparse-dve", "encoder", RECIPE_LCC),
 }
-"""Variant name -> (``--critic``, ``--dve.cluster-input``). ``*-encoder``: the cluster means V_i read the
-per-frame encoder output, the weights alpha the LSTM output (SPEC §3.2's switch)."""
+"""Variant name -> (``--critic``, ``--dve.cluster-input``, other ``--dve.*`` fields). ``*-encoder``: the cluster
+means V_i read the per-frame encoder output, the weights alpha the LSTM output (SPEC §3.2's switch). The L_CC
+fields are explicit, so that a change of the library's defaults does not change what a cached variant means."""
 
 
 @dataclass(frozen=True)
@@ -118,7 +127,7 @@ def run_one(variant: str, seed: int, settings: Settings, out_dir: Path) -> dict[
             return cached
     torch.set_num_threads(1)
     train, test = _data(settings)
-    critic, cluster_input = VARIANTS[variant]
+    critic, cluster_input, dve_fields = VARIANTS[variant]
     cfg = TrainConfig(
         env=HIDDEN_PAYOFF_ID,
         critic=critic,  # type: ignore[arg-type]
@@ -126,9 +135,10 @@ def run_one(variant: str, seed: int, settings: Settings, out_dir: Path) -> dict[
         learning_rate=settings.learning_rate,
         gamma=settings.gamma,
         total_timesteps=settings.steps,  # the L_CC schedule's clock: fit steps
-        dve=DVEConfig(cluster_input=cluster_input),  # type: ignore[arg-type]
+        dve=DVEConfig(cluster_input=cluster_input, **dve_fields),  # type: ignore[arg-type]
     )
-    result = fit_critic(cfg, train, test, settings.steps, settings.batch_episodes, settings.eval_every, seed)
+    result = fit_critic(cfg, train, test, settings.steps, settings.batch_episodes, settings.eval_every, seed,
+                        grad_every=50)
     curve = result.curve
     scene_clusters = None
     if result.alpha is not None:
@@ -153,6 +163,11 @@ def run_one(variant: str, seed: int, settings: Settings, out_dir: Path) -> dict[
         "learned_step": learned[0] if learned else None,
         "final_confusion": curve[-1].get("confusion"),
         "scene_clusters": scene_clusters,
+        "argmax_counts": None if result.alpha is None else np.bincount(
+            result.alpha.argmax(axis=-1)[test.valid & (np.arange(test.valid.shape[0]) > 0)[:, None]],
+            minlength=result.alpha.shape[-1]).tolist(),
+        "cc_fired_step": result.cc_fired_step,
+        "gradients": result.gradients,
         "seconds": result.seconds,
     }
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -234,6 +249,46 @@ def plot(summary: dict[str, Any], floor: dict[str, float], path: Path) -> None:
     plt.close(fig)
 
 
+def plot_gradients(records: list[dict[str, Any]], path: Path) -> None:
+    """Issue 14, lead 1: gradient norms on the attention layer over the fit, one panel per Sparse DVE variant:
+    the value loss's and each L_CC term's at full weight (mean over seeds, log scale), and mean confusion."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    by_variant: dict[str, list[dict[str, Any]]] = {}
+    for record in records:
+        if record.get("gradients") and "grad_norm_cc_confusion" in record["gradients"][0]:
+            by_variant.setdefault(record["variant"], []).append(record)
+    if not by_variant:
+        return
+    fig, axes = plt.subplots(1, len(by_variant), figsize=(4.2 * len(by_variant), 3.6), squeeze=False)
+    for ax, (variant, rows) in zip(axes[0], sorted(by_variant.items()), strict=True):
+        steps = [g["step"] for g in rows[0]["gradients"]]
+        for key, label in (("grad_norm_value", "value loss"), ("grad_norm_cc_confusion", "k1 * confusion term"),
+                           ("grad_norm_cc_contribution", "k2 * contribution term")):
+            ax.plot(steps, np.mean([[g[key] for g in r["gradients"]] for r in rows], axis=0), label=label)
+        ax.set_yscale("log")
+        ax.set_xlabel("fit step")
+        ax.set_title(variant, fontsize=9)
+        twin = ax.twinx()
+        twin.plot(steps, np.mean([[g["confusion"] for g in r["gradients"]] for r in rows], axis=0), color="grey",
+                  linestyle=":", label="confusion (right)")
+        twin.set_ylim(0.3, 1.02)
+        # where L_CC switched on (first recorded step with a non-zero share of it in force), mean over seeds
+        on = [next((g["step"] for g in r["gradients"] if g["cc_factor"] > 0), None) for r in rows]
+        on = [x for x in on if x is not None]
+        if on:
+            ax.axvline(float(np.mean(on)), color="black", linewidth=0.8, linestyle="--")
+    axes[0][0].set_ylabel("gradient norm on the attention layer")
+    axes[0][0].legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main(argv: list[str] | None = None) -> int:
     defaults = Settings()
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -243,6 +298,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out-dir", type=Path, default=Path("runs/dve_critic_fit"))
     p.add_argument("--json", type=Path, default=None, help="write settings, floors, per-run records and summary")
     p.add_argument("--figure", type=Path, default=None, help="write the mean error curves as a PNG")
+    p.add_argument("--figure-gradients", type=Path, default=None,
+                   help="write the attention layer's gradient norms of the Sparse DVE variants as a PNG")
     for name, value in asdict(defaults).items():
         p.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
     ns = p.parse_args(argv)
@@ -275,6 +332,8 @@ def main(argv: list[str] | None = None) -> int:
     print_table(summary, floor, ns.seeds)
     if ns.figure is not None:
         plot(summary, floor, ns.figure)
+    if ns.figure_gradients is not None:
+        plot_gradients(records, ns.figure_gradients)
     wall = time.time() - start
     print(f"\nwall time {wall:.0f} s")
     if ns.json is not None:

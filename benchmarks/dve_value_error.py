@@ -42,8 +42,10 @@ from typing import Any
 import numpy as np
 
 from multiscene.analysis.stats import mean_abs_to_group_median
-from multiscene.config import CRITICS, DVEConfig, TrainConfig
+from multiscene.config import DVEConfig, TrainConfig
 from multiscene.envs.scenes import HIDDEN_PAYOFF_ID, SCENE_PAYOFFS, level_scene
+
+CRITICS = ("scalar", "dve", "sparse-dve")  # the critics this benchmark compares
 
 SPLITS: tuple[str, ...] = ("train", "test")
 LAST_T_BUCKET = 6

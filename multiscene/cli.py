@@ -20,8 +20,8 @@ commands:
   runs       run directories and their status (multiscene runs [DIR])
   protocol   seed 003's pre-train / fine-tune / transfer runs (multiscene protocol pretrain --levels L
              --transfer-levels L --steps T --seeds R --out DIR [train flags]; multiscene protocol report DIR)
-  sweep      Ray Tune sweeps (multiscene sweep --preset P --grid KEY=V1,V2 --seeds N --out DIR)
   bench      benchmarks (multiscene bench throughput --preset P | multiscene bench learning)
+  sweep      grid x seeds on Ray Tune (multiscene sweep --preset P --grid dve.k1=0.002,0.02 --seeds 4 --out DIR)
 """
 
 
@@ -192,7 +192,14 @@ def cmd_protocol(argv: Sequence[str]) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "eval": cmd_eval, "report": cmd_report, "compare": cmd_compare, "runs": cmd_runs, "protocol": cmd_protocol, "bench": cmd_bench}
+def cmd_sweep(argv: Sequence[str]) -> int:
+    from multiscene.scale.sweep import main as sweep_main
+
+    return sweep_main(list(argv))
+
+
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "report": cmd_report, "compare": cmd_compare, "runs": cmd_runs,
+            "protocol": cmd_protocol, "sweep": cmd_sweep, "bench": cmd_bench}
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -16,8 +16,9 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from multiscene import registry as _registry
 
-ScheduleName = Literal["off", "pre-boost", "post-boost", "post-boost-auto"]
-SCHEDULES: tuple[str, ...] = ("off", "pre-boost", "post-boost", "post-boost-auto")
+ScheduleName = Literal["off", "pre-boost", "post-boost", "post-boost-auto", "spread"]
+SCHEDULES: tuple[str, ...] = ("off", "pre-boost", "post-boost", "post-boost-auto", "spread")
+CONTRIBUTION_FORMS: tuple[str, ...] = ("paper", "normalized")
 
 
 class ConfigError(ValueError):
@@ -39,11 +40,15 @@ class DVEConfig:
     """Weight of the contribution term E[log sum_i rho_i^2] of L_CC (unpublished; ours)."""
     schedule: ScheduleName = "pre-boost"
     """When L_CC is on (sparse-dve only): off; pre-boost (ramped from step 0); post-boost (from a fixed
-    step); post-boost-auto (once episode-length growth has flattened)."""
+    step); post-boost-auto (once episode-length growth has flattened); spread (once the cluster means have
+    spread apart: ``dve/cluster_spread`` >= --dve.spread-threshold; issue 14)."""
     preboost_fraction: float = 0.25
     """Pre-boost: fraction of the budget over which k1, k2 ramp linearly from 0 to their values."""
     postboost_step: int = 0
-    """Post-boost: the env step at which L_CC switches on."""
+    """Post-boost: the env step at which L_CC switches on (unless --dve.postboost-fraction is set)."""
+    postboost_fraction: float = 0.0
+    """Post-boost: if > 0, L_CC switches on at this fraction of --total-timesteps instead of at
+    --dve.postboost-step (a budget-independent setting; issue 14)."""
     auto_window: int = 10
     """Post-boost-auto: number of updates in each of the two windows whose mean episode lengths are compared."""
     auto_threshold: float = 0.05
@@ -55,6 +60,18 @@ class DVEConfig:
     trajectory: Literal["column", "episode"] = "column"
     """A trajectory tau for the contribution term: one environment's sequence in a minibatch (default) or
     that sequence split at episode starts."""
+    contribution: Literal["paper", "normalized"] = "paper"
+    """Form of L_CC's contribution term: paper (seed 000, eq. 3: log sum_i rho_i^2, which falls as confusion
+    falls) or normalized (log sum_i (rho_i / sum_j rho_j)^2: collapse onto one cluster is its maximum)."""
+    spread_threshold: float = 0.01
+    """Spread schedule: L_CC switches on (for good) once the variance of the cluster means V_i across clusters,
+    averaged over steps, reaches this (in squared units of the critic's value target)."""
+    attention_lr_scale: float = 1.0
+    """Learning rate of the attention layer (alpha) relative to --learning-rate (its own optimizer param
+    group; issue 14, lead 1). 1 = one group."""
+    cc_grad_ratio: float = 0.0
+    """If > 0: scale L_CC down so that its gradient norm on the attention layer is at most this multiple of the
+    value loss's there (issue 14, lead 1; Adam otherwise turns any k into a full-size step). 0 = off."""
 
 
 @dataclass(frozen=True)
@@ -380,11 +397,30 @@ def validate(cfg: TrainConfig) -> None:
         raise ConfigError(f"--dve.preboost-fraction must lie in (0, 1], got {d.preboost_fraction}.")
     if d.postboost_step < 0:
         raise ConfigError(f"--dve.postboost-step must be >= 0, got {d.postboost_step}.")
-    if cfg.critic == "sparse-dve" and d.schedule == "post-boost" and d.postboost_step >= cfg.total_timesteps:
+    if not 0.0 <= d.postboost_fraction < 1.0:
+        raise ConfigError(f"--dve.postboost-fraction must lie in [0, 1) (0 = use --dve.postboost-step), "
+                          f"got {d.postboost_fraction}.")
+    if d.postboost_fraction > 0 and d.postboost_step > 0:
+        raise ConfigError(
+            f"--dve.postboost-step ({d.postboost_step}) and --dve.postboost-fraction ({d.postboost_fraction}) are "
+            "both set; set one of them (--dve.postboost-fraction 0 makes --dve.postboost-step count)."
+        )
+    if (cfg.critic == "sparse-dve" and d.schedule == "post-boost" and d.postboost_fraction == 0.0
+            and d.postboost_step >= cfg.total_timesteps):
         raise ConfigError(
             f"--dve.postboost-step ({d.postboost_step}) must be below --total-timesteps "
             f"({cfg.total_timesteps}), or L_CC never switches on."
         )
+    if d.contribution not in CONTRIBUTION_FORMS:
+        raise ConfigError(
+            f"--dve.contribution must be one of {', '.join(CONTRIBUTION_FORMS)}; got {d.contribution!r}."
+        )
+    if d.spread_threshold < 0:
+        raise ConfigError(f"--dve.spread-threshold must be >= 0, got {d.spread_threshold}.")
+    if d.attention_lr_scale <= 0:
+        raise ConfigError(f"--dve.attention-lr-scale must be positive, got {d.attention_lr_scale}.")
+    if d.cc_grad_ratio < 0:
+        raise ConfigError(f"--dve.cc-grad-ratio must be >= 0 (0 = off), got {d.cc_grad_ratio}.")
     if d.auto_window < 1 or d.auto_threshold < 0 or not 0.0 <= d.auto_min_fraction < 1.0:
         raise ConfigError(
             "--dve.auto-window must be >= 1, --dve.auto-threshold >= 0, --dve.auto-min-fraction in [0, 1)."

@@ -36,7 +36,10 @@ def quickstart() -> TrainConfig:
         eval_episodes=64,
         checkpoint_interval=20,
         torch_threads=1,
-        dve=DVEConfig(schedule="pre-boost"),
+        # Issue 14's recipe (docs/dve_benchmark.md): cluster means on the per-frame encoder output, L_CC with the
+        # normalized contribution term, switched on at half the budget, once plain DVE's clusters have spread.
+        dve=DVEConfig(cluster_input="encoder", schedule="post-boost", postboost_fraction=0.5,
+                      contribution="normalized"),
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from types import ModuleType
@@ -138,13 +139,15 @@ def test_benchmark_script_tiny_budget(tmp_path: Path, capsys: pytest.CaptureFixt
     args = ["--steps", "6", "--eval-every", "3", "--train-levels", "6", "--episodes-per-level", "2",
             "--test-levels", "8", "--batch-episodes", "4", "--hidden-size", "8", "--seeds", "1", "2",
             "--variants", "scalar", "dve-encoder", "sparse-dve", "--out-dir", str(tmp_path / "runs"),
-            "--json", str(tmp_path / "results.json"), "--figure", str(tmp_path / "curves.png")]
+            "--json", str(tmp_path / "results.json"), "--figure", str(tmp_path / "curves.png"),
+            "--figure-gradients", str(tmp_path / "gradients.png")]
     assert script.main(args) == 0
     out = capsys.readouterr().out
     for field in ("scene-blind floor", "scene-aware floor", "AUC - scalar", "dve-encoder", "wall time"):
         assert field in out
     results = json.loads((tmp_path / "results.json").read_text())
     assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (tmp_path / "gradients.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert set(results["summary"]) == {"scalar", "dve-encoder", "sparse-dve"}
     assert len(results["runs"]) == 6
     assert results["floors"]["scene_aware"] < results["floors"]["scene_blind"]
@@ -189,3 +192,73 @@ def test_mean_abs_to_group_median_by_hand() -> None:
     # two-column keys: (0, 0) = {1, 2} (median 1.5: 0.5 + 0.5), (0, 1) = {6}, (1, 1) = {10, 10}
     keys = np.array([[0, 0], [0, 0], [0, 1], [1, 1], [1, 1]])
     assert mean_abs_to_group_median(values, keys) == pytest.approx(1 / 5)
+
+
+
+# --- issue 14: gradient norms on the attention layer and the remedies of lead 1 --------------------------------
+
+
+def _tiny_data():  # noqa: ANN202 - Episodes
+    return collect_episodes(HIDDEN_PAYOFF_ID, np.repeat(np.arange(6), 2), hidden_payoff_policy(0.3), 0.99, seed=0)
+
+
+def test_fit_records_attention_gradients() -> None:
+    data = _tiny_data()
+    cfg = _config("sparse-dve", "encoder", total_timesteps=6)
+    result = fit_critic(cfg, data, data, steps=6, batch_episodes=4, eval_every=3, seed=1, grad_every=2)
+    assert [int(g["step"]) for g in result.gradients] == [0, 2, 4]
+    for g in result.gradients:
+        assert g["grad_norm_value"] > 0 and g["grad_norm_cc_confusion"] > 0 and g["grad_norm_cc_contribution"] > 0
+        assert 1 / 3 - 1e-6 <= g["confusion"] <= 1 + 1e-6 and g["cluster_spread"] >= 0
+    # pre-boost ramp over a quarter of 6 steps: off at step 0, full from step 2 on
+    assert [g["cc_factor"] for g in result.gradients] == pytest.approx([0.0, 1.0, 1.0])
+    assert "cluster_spread" in result.curve[-1]
+    dve = fit_critic(_config("dve", total_timesteps=4), data, data, steps=4, batch_episodes=4, eval_every=4, seed=1,
+                     grad_every=2)
+    assert [set(g) for g in dve.gradients] == [{"step", "grad_norm_value", "cc_factor", "cluster_spread",
+                                                "confusion"}] * 2
+    scalar = fit_critic(_config("scalar"), data, data, steps=2, batch_episodes=4, eval_every=2, seed=1)
+    assert scalar.gradients == []
+
+
+def test_cc_grad_ratio_caps_lcc_relative_to_the_value_loss() -> None:
+    data = _tiny_data()
+    # k1 = k2 = 5 from step 0: uncapped, L_CC's gradient on the attention layer dwarfs the value loss's.
+    cfg = _config("sparse-dve", total_timesteps=4)
+    cfg = dataclasses.replace(cfg, dve=dataclasses.replace(cfg.dve, k1=5.0, k2=5.0, schedule="post-boost",
+                                                             cc_grad_ratio=0.1))
+    result = fit_critic(cfg, data, data, steps=4, batch_episodes=4, eval_every=4, seed=1, grad_every=1)
+    for g in result.gradients:
+        cc = g["grad_norm_cc_confusion"] + g["grad_norm_cc_contribution"]
+        assert cc > 0.1 * g["grad_norm_value"]  # the cap binds ...
+        assert g["cc_factor"] * cc == pytest.approx(0.1 * g["grad_norm_value"], rel=1e-5)  # ... exactly
+
+
+def test_attention_lr_scale_gives_the_attention_layer_its_own_rate(monkeypatch: pytest.MonkeyPatch) -> None:
+    import multiscene.bench.critic_fit as critic_fit
+
+    made: list[torch.optim.Adam] = []
+
+    class RecordingAdam(torch.optim.Adam):
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+            made.append(self)
+
+    monkeypatch.setattr(critic_fit.torch.optim, "Adam", RecordingAdam)
+    data = _tiny_data()
+    cfg = _config("sparse-dve", total_timesteps=2)
+    cfg = dataclasses.replace(cfg, dve=dataclasses.replace(cfg.dve, attention_lr_scale=0.1))
+    fit_critic(cfg, data, data, steps=2, batch_episodes=4, eval_every=2, seed=1)
+    (optimizer,) = made
+    assert [g["lr"] for g in optimizer.param_groups] == pytest.approx([cfg.learning_rate, 0.1 * cfg.learning_rate])
+    assert [p.shape for p in optimizer.param_groups[1]["params"]] == [(3, 16), (3,)]  # the attention Linear
+
+
+def test_spread_schedule_fires_inside_the_fit() -> None:
+    data = _tiny_data()
+    cfg = _config("sparse-dve", total_timesteps=5)
+    cfg = dataclasses.replace(cfg, dve=dataclasses.replace(cfg.dve, schedule="spread", spread_threshold=0.0,
+                                                             auto_window=2, auto_min_fraction=0.0))
+    result = fit_critic(cfg, data, data, steps=5, batch_episodes=4, eval_every=5, seed=1, grad_every=1)
+    assert result.cc_fired_step == 1  # two observations >= 0, after steps 0 and 1
+    assert [g["cc_factor"] for g in result.gradients] == [0.0, 0.0, 1.0, 1.0, 1.0]

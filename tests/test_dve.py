@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import torch
 
-from multiscene.config import DVEConfig, TrainConfig
+from multiscene.config import ConfigError, DVEConfig, TrainConfig, validate
 from multiscene.critics import (
     CCSchedule,
     DVECritic,
@@ -19,8 +19,12 @@ from multiscene.critics import (
 )
 from multiscene.critics.base import CriticOutput
 from multiscene.critics.dve import (
+    attention_grad_norms,
+    attention_param_groups,
+    cc_grad_cap,
     cc_loss,
     cc_terms,
+    cluster_spread,
     confusion,
     confusion_histogram,
     contribution,
@@ -479,3 +483,192 @@ def test_early_collapse_warning() -> None:
     assert schedule(1000, critic="scalar").early_collapse_warning(0.35, 100) is None
     assert schedule(1000, critic="scalar").early_collapse_warning(None, 100) is None
     assert schedule(1000, num_clusters=3).early_collapse_warning(None, 100) is None
+
+
+# --- issue 14: normalized contribution, cluster spread, attention gradients, spread schedule -------------------
+
+
+def test_normalized_contribution_by_hand() -> None:
+    uniform = torch.full((4, 2, 3), 1.0 / 3.0)
+    collapsed = one_hot_alpha([[0, 0, 0], [0, 0, 0]])
+    balanced = one_hot_alpha([[0, 1, 2], [2, 0, 1]])
+
+    def term(alpha: torch.Tensor) -> float:
+        return cc_terms(alpha, contribution="normalized")["cc_contribution"].item()
+
+    # p = rho / sum rho: collapse gives p = (1, 0, 0), sum p^2 = 1 -> log 1 = 0, the maximum.
+    assert term(collapsed) == pytest.approx(0.0, abs=1e-6)
+    # balanced one-hot: rho = (1/9, 1/9, 1/9) -> p = 1/3 each, sum p^2 = 1/3 -> -log 3, the minimum.
+    assert term(balanced) == pytest.approx(-LOG3)
+    # state-blind uniform weights: also p = 1/3 each (the form no longer carries delta).
+    assert term(uniform) == pytest.approx(-LOG3)
+    # The confusion term is untouched by the form.
+    assert cc_terms(balanced, contribution="normalized")["cc_confusion"].item() == pytest.approx(-LOG3)
+    # Mixed case: column 0 rho = (2/9, 5/18, 5/18), sum 7/9 -> p = (4/14, 5/14, 5/14), sum p^2 = 66/196;
+    # column 1 uniform -> 1/3.
+    expected = (math.log(66 / 196) + math.log(1 / 3)) / 2
+    assert term(mixed_alpha()) == pytest.approx(expected)
+    expected_confusion = (math.log(8 / 9) + math.log(2 / 3)) / 4
+    loss = cc_loss(mixed_alpha(), k1=0.3, k2=0.7, contribution="normalized")
+    assert loss.item() == pytest.approx(0.3 * expected_confusion + 0.7 * expected)
+
+
+def test_paper_form_ranks_collapse_below_uniform_normalized_form_above() -> None:
+    """Lead 2 of issue 14: the paper's term prefers collapse to state-blind weights; the normalized one does not."""
+    uniform = torch.full((3, 2, 3), 1.0 / 3.0)
+    collapsed = one_hot_alpha([[0, 0, 0], [0, 0, 0]])
+    paper = {name: cc_terms(a)["cc_contribution"].item() for name, a in (("u", uniform), ("c", collapsed))}
+    normalized = {
+        name: cc_terms(a, contribution="normalized")["cc_contribution"].item()
+        for name, a in (("u", uniform), ("c", collapsed))
+    }
+    assert paper["c"] < paper["u"]  # minimized: the paper's form rewards collapse
+    assert normalized["c"] > normalized["u"]  # the normalized form penalizes it
+
+
+def test_normalized_contribution_lies_between_its_extremes() -> None:
+    generator = torch.Generator().manual_seed(0)
+    for num_clusters in (2, 3, 5):
+        logits = 4.0 * torch.randn(6, 8, num_clusters, generator=generator)
+        mask = torch.rand(6, 8, generator=generator) > 0.3
+        value = cc_terms(torch.softmax(logits, -1), mask, contribution="normalized")["cc_contribution"].item()
+        assert -math.log(num_clusters) - 1e-6 <= value <= 1e-6
+
+
+def test_normalized_contribution_masks_and_rejects_unknown_forms() -> None:
+    alpha = mixed_alpha()
+    garbage = torch.cat([alpha, torch.full((1, 2, 3), float("nan"))])
+    mask = torch.tensor([[True, True], [True, True], [False, False]])
+    alpha.requires_grad_(True)
+    clean = cc_terms(alpha, contribution="normalized")["cc_contribution"]
+    garbage.requires_grad_(True)
+    masked = cc_terms(garbage, mask, contribution="normalized")["cc_contribution"]
+    torch.testing.assert_close(masked, clean)
+    masked.backward()
+    assert garbage.grad is not None and torch.isfinite(garbage.grad).all()
+    with pytest.raises(ValueError, match="contribution"):
+        cc_terms(alpha, contribution="squared")  # type: ignore[arg-type]
+
+
+def test_critic_uses_the_configured_contribution() -> None:
+    critic = DVECritic(8, 5, dve_config(contribution="normalized"), sparse=True)
+    alpha = one_hot_alpha([[0, 0, 0], [0, 0, 0]])
+    out = CriticOutput(values=torch.zeros(3, 2, 1), extras={"alpha": alpha, "cluster_values": torch.zeros(3, 2, 3)})
+    mask = torch.ones(3, 2, dtype=torch.bool)
+    assert critic.aux_losses(out, mask)["cc_contribution"].item() == pytest.approx(0.0, abs=1e-6)
+    assert critic.diagnostics(out, mask)["cc_contribution"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_cluster_spread_by_hand() -> None:
+    values = torch.tensor([[1.0, 2.0, 3.0]]).expand(2, 2, 3).clone()  # variance across clusters 2/3
+    values[1, 1] = torch.tensor([5.0, 5.0, 5.0])  # variance 0
+    assert cluster_spread(values).item() == pytest.approx((3 * 2 / 3 + 0.0) / 4)
+    values[1, 1] = float("nan")
+    mask = torch.tensor([[True, True], [True, False]])
+    assert cluster_spread(values, mask).item() == pytest.approx(2 / 3)
+    critic = DVECritic(8, 5, dve_config(), sparse=False)
+    out = CriticOutput(values=torch.zeros(2, 2, 1),
+                       extras={"alpha": torch.full((2, 2, 3), 1 / 3), "cluster_values": values})
+    assert critic.diagnostics(out, mask)["cluster_spread"] == pytest.approx(2 / 3)
+
+
+def test_attention_grad_norms_equal_backward() -> None:
+    torch.manual_seed(0)
+    critic = DVECritic(8, 5, dve_config(), sparse=True)
+    core = torch.randn(4, 3, 8)
+    out = critic(core, torch.randn(4, 3, 5))
+    target = torch.randn(4, 3)
+    value_loss = (out.values[..., 0] - target).pow(2).mean()
+    terms = critic.aux_losses(out, torch.ones(4, 3, dtype=torch.bool))
+    norms = attention_grad_norms(critic.attention, {"value": value_loss, "cc": 0.5 * terms["cc_confusion"]})
+    for name, loss in (("value", value_loss), ("cc", 0.5 * terms["cc_confusion"])):
+        critic.zero_grad()
+        loss.backward(retain_graph=True)
+        expected = torch.cat([p.grad.reshape(-1) for p in critic.attention.parameters()]).norm()
+        assert norms[name] == pytest.approx(float(expected), rel=1e-5)
+    # A loss that never reaches the attention layer has norm 0.
+    other = critic.cluster_means(torch.randn(2, 8)).sum()
+    assert attention_grad_norms(critic.attention, {"other": other})["other"] == 0.0
+
+
+def test_attention_param_groups() -> None:
+    model = torch.nn.Module()
+    model.trunk = torch.nn.Linear(4, 8)
+    model.critic = DVECritic(8, 4, dve_config(), sparse=True)
+    groups = attention_param_groups(model, model.critic, lr=1e-3, attention_lr_scale=0.1)
+    assert [g["lr"] for g in groups] == pytest.approx([1e-3, 1e-4])
+    assert [g["lr_scale"] for g in groups] == pytest.approx([1.0, 0.1])
+    torch.optim.Adam(groups, lr=1e-3)  # the extra key is accepted by torch optimizers
+    assert {id(p) for p in groups[1]["params"]} == {id(p) for p in model.critic.attention.parameters()}
+    everything = {id(p) for p in model.parameters()}
+    assert {id(p) for g in groups for p in g["params"]} == everything
+    assert sum(len(g["params"]) for g in groups) == len(everything)
+    single = attention_param_groups(model, model.critic, lr=1e-3, attention_lr_scale=1.0)
+    assert len(single) == 1 and len(single[0]["params"]) == len(everything)
+    assert len(attention_param_groups(model, ScalarCritic(8), lr=1e-3, attention_lr_scale=0.1)) == 1
+
+
+def test_spread_schedule_fires_after_a_window_of_spread() -> None:
+    s = schedule(1000, k1=0.2, k2=0.4, schedule="spread", spread_threshold=0.01, auto_window=3,
+                 auto_min_fraction=0.1)
+    assert s.scales(0) == {"cc_confusion": 0.0, "cc_contribution": 0.0}
+    s.observe_spread(10, 0.5)  # a transient: high, then low again -> the run restarts
+    s.observe_spread(20, 0.5)
+    s.observe_spread(30, 0.001)
+    s.observe_spread(40, 0.02)
+    s.observe_spread(50, 0.02)
+    assert s.fired_step is None
+    s.observe_spread(60, 0.02)  # three in a row, but before 10% of the budget
+    assert s.fired_step is None
+    s.observe_spread(100, None)  # not measured: changes nothing
+    s.observe_spread(110, 0.03)
+    assert s.fired_step == 110
+    assert s.scales(109) == {"cc_confusion": 0.0, "cc_contribution": 0.0}
+    assert s.scales(110) == pytest.approx({"cc_confusion": 0.2, "cc_contribution": 0.4})
+    s.observe_spread(120, 0.0)  # once on, it stays on
+    assert s.scales(500) == pytest.approx({"cc_confusion": 0.2, "cc_contribution": 0.4})
+    restored = schedule(1000, schedule="spread", spread_threshold=0.01, auto_window=3, auto_min_fraction=0.1)
+    restored.load_state_dict(s.state_dict())
+    assert restored.state_dict() == s.state_dict()
+    # Other schedules ignore the spread.
+    other = schedule(1000, schedule="post-boost-auto", auto_min_fraction=0.0, auto_window=1)
+    other.observe_spread(500, 1.0)
+    assert other.fired_step is None
+
+
+@pytest.mark.parametrize(
+    ("changes", "flag"),
+    [
+        ({"contribution": "squared"}, "--dve.contribution"),
+        ({"spread_threshold": -1.0}, "--dve.spread-threshold"),
+        ({"attention_lr_scale": 0.0}, "--dve.attention-lr-scale"),
+        ({"cc_grad_ratio": -0.5}, "--dve.cc-grad-ratio"),
+    ],
+)
+def test_new_dve_fields_are_validated(changes: dict[str, Any], flag: str) -> None:
+    with pytest.raises(ConfigError, match=flag):
+        validate(TrainConfig(critic="sparse-dve", dve=DVEConfig(**changes)))
+
+
+def test_post_boost_fraction_of_the_budget() -> None:
+    s = schedule(2000, k1=0.2, k2=0.4, schedule="post-boost", postboost_fraction=0.5, postboost_step=10)
+    assert s.scales(999) == {"cc_confusion": 0.0, "cc_contribution": 0.0}  # the fraction overrides the step
+    assert s.scales(1000) == pytest.approx({"cc_confusion": 0.2, "cc_contribution": 0.4})
+    # Budget-independent: valid with a tiny budget, where a fixed step would be past the end.
+    validate(TrainConfig(critic="sparse-dve", total_timesteps=2048, num_envs=16, num_steps=128,
+                         dve=DVEConfig(schedule="post-boost", postboost_fraction=0.5)))
+    with pytest.raises(ConfigError, match="--dve.postboost-fraction"):
+        validate(TrainConfig(critic="sparse-dve", dve=DVEConfig(schedule="post-boost", postboost_fraction=1.0)))
+
+
+def test_post_boost_step_and_fraction_together_are_rejected() -> None:
+    with pytest.raises(ConfigError, match="--dve.postboost-step"):
+        validate(TrainConfig(critic="sparse-dve",
+                             dve=DVEConfig(schedule="post-boost", postboost_fraction=0.5, postboost_step=100)))
+
+
+def test_cc_grad_cap() -> None:
+    assert cc_grad_cap(value_norm=1.0, cc_norm=5.0, ratio=0.1) == pytest.approx(0.02)  # 0.02 * 5 = 0.1 * 1
+    assert cc_grad_cap(value_norm=1.0, cc_norm=0.05, ratio=0.1) == 1.0  # already below the cap
+    assert cc_grad_cap(value_norm=1.0, cc_norm=5.0, ratio=0.0) == 1.0  # off
+    assert cc_grad_cap(value_norm=1.0, cc_norm=0.0, ratio=0.1) == 1.0

@@ -29,6 +29,12 @@ Choices that are ours (the seeds leave them open):
   column cut at every ``first`` (episode start), so one column may hold several trajectories.
 - All critic Linear layers get orthogonal weights with gain 1.0 and zero bias (as CleanRL's value head); the
   seeds do not describe the initialization of the attention layer.
+- ``contribution="normalized"`` (issue 14, lead 2) replaces rho_i by the normalized score
+  ``p_i = rho_i / sum_j rho_j`` (seed 000 speaks of normalized contribution scores in "What are clusters made
+  of") in the contribution term, ``log sum_i p_i^2``. Its value no longer carries delta: collapse onto one cluster
+  gives ``log 1 = 0``, its maximum, and any use shared equally by the clusters (one-hot or uniform) gives
+  ``-log N_b``, its minimum. In the paper's form, collapse (``-2 log N_b``) beats state-blind uniform weights
+  (``-log N_b``), so from a state-blind start both terms push towards collapse (SPEC §3.4).
 """
 
 from __future__ import annotations
@@ -45,10 +51,15 @@ if TYPE_CHECKING:
     from multiscene.config import TrainConfig
 
 __all__ = [
+    "CONTRIBUTIONS",
     "DVECritic",
     "SparseDVECritic",
+    "attention_grad_norms",
+    "attention_param_groups",
+    "cc_grad_cap",
     "cc_loss",
     "cc_terms",
+    "cluster_spread",
     "confusion",
     "confusion_histogram",
     "contribution",
@@ -56,6 +67,9 @@ __all__ = [
 
 CC_TERMS: tuple[str, str] = ("cc_confusion", "cc_contribution")
 """Names of the two unscaled L_CC terms; ``multiscene.critics.schedule`` gives a scale for each."""
+Contribution = Literal["paper", "normalized"]
+CONTRIBUTIONS: tuple[str, ...] = ("paper", "normalized")
+"""Forms of the contribution term: seed 000's ``log sum_i rho_i^2`` or ``log sum_i (rho_i / sum_j rho_j)^2``."""
 
 
 def confusion(alpha: torch.Tensor) -> torch.Tensor:
@@ -147,6 +161,7 @@ def cc_terms(
     mask: torch.Tensor | None = None,
     first: torch.Tensor | None = None,
     trajectory: Literal["column", "episode"] = "column",
+    contribution: Contribution = "paper",
 ) -> dict[str, torch.Tensor]:
     """The two unscaled terms of L_CC (seed 000, eq. 3; SPEC §3.4), as scalar tensors that carry gradients.
 
@@ -154,7 +169,8 @@ def cc_terms(
     ``trajectory="episode"``. Returns ``{"cc_confusion": E_t[log delta_t], "cc_contribution":
     E_tau[log sum_i rho_i(tau)^2]}``. With ``trajectory="column"`` each column is one trajectory; with
     ``"episode"`` each column is cut at ``first`` into several (``first`` at masked steps still cuts). A
-    trajectory without valid steps is left out of E_tau.
+    trajectory without valid steps is left out of E_tau. ``contribution="normalized"`` uses
+    ``E_tau[log sum_i (rho_i / sum_j rho_j)^2]`` instead (issue 14; see the module docstring).
     """
     assert alpha.dim() == 3, f"alpha must be [T, B, N_b], got {tuple(alpha.shape)}"
     valid = _valid_mask(alpha, mask)
@@ -173,9 +189,14 @@ def cc_terms(
         segment, num_segments = _episode_segments(first.to(alpha.device))
     else:
         raise ValueError(f'trajectory must be "column" or "episode", got {trajectory!r}')
+    if contribution not in CONTRIBUTIONS:
+        raise ValueError(f'contribution must be "paper" or "normalized", got {contribution!r}')
 
     rho, counts = _segment_contribution(alpha, valid, segment, num_segments)
     has_steps = counts > 0
+    if contribution == "normalized":
+        # sum_j rho_j = mean_t delta_t >= 1/N_b for a trajectory with valid steps; the clamp guards empty ones.
+        rho = rho / rho.sum(dim=-1, keepdim=True).clamp(min=torch.finfo(alpha.dtype).tiny)
     # Sum rho^2 >= (sum rho)^2 / N_b = (mean delta)^2 / N_b >= 1 / N_b^3 > 0 for a trajectory with valid steps;
     # the clamp only guards the empty ones, which the weights then drop.
     log_sum_sq = torch.log(rho.pow(2).sum(dim=-1).clamp(min=torch.finfo(alpha.dtype).tiny))
@@ -184,13 +205,87 @@ def cc_terms(
     return {"cc_confusion": _mean_log_confusion(alpha, valid), "cc_contribution": mean_log_sum_sq}
 
 
-def cc_loss(alpha: torch.Tensor, k1: float, k2: float, mask: torch.Tensor | None = None) -> torch.Tensor:
+def cc_loss(
+    alpha: torch.Tensor,
+    k1: float,
+    k2: float,
+    mask: torch.Tensor | None = None,
+    *,
+    contribution: Contribution = "paper",
+) -> torch.Tensor:
     """L_CC = k1 * E_t[log delta_t] + k2 * E_tau[log sum_i rho_i^2] (seed 000, eq. 3), one trajectory per column.
 
     alpha [T, B, N_b], mask [T, B] of valid steps (None: all valid) -> scalar tensor, to be minimized.
+    ``contribution="normalized"``: rho_i / sum_j rho_j in place of rho_i (issue 14, lead 2).
     """
-    terms = cc_terms(alpha, mask)
+    terms = cc_terms(alpha, mask, contribution=contribution)
     return k1 * terms["cc_confusion"] + k2 * terms["cc_contribution"]
+
+
+def cluster_spread(cluster_values: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """How far apart the cluster means are: the variance across clusters of V_i(s_t), averaged over valid steps.
+
+    cluster_values [T, B, N_b], mask [T, B] (None: all valid) -> scalar tensor (0 when no step is valid). The
+    value loss sends the attention layer the gradient dV/dalpha_i = V_i, which differs between clusters only as
+    much as the V_i do (issue 14, lead 1): while this is small, L_CC dominates the attention layer's gradient.
+    Population variance (divide by N_b), in the units of the value squared.
+    """
+    assert cluster_values.dim() == 3, f"cluster_values must be [T, B, N_b], got {tuple(cluster_values.shape)}"
+    valid = _valid_mask(cluster_values, mask)
+    weight = valid.to(cluster_values.dtype)
+    per_step = cluster_values.var(dim=-1, unbiased=False)
+    per_step = torch.where(valid, per_step, torch.zeros_like(per_step))  # masked garbage (NaN) stays out
+    return (per_step * weight).sum() / weight.sum().clamp(min=1.0)
+
+
+def attention_grad_norms(attention: nn.Module, losses: dict[str, torch.Tensor]) -> dict[str, float]:
+    """L2 norm of each loss's gradient on the parameters of ``attention`` (the layer that makes alpha).
+
+    losses: name -> scalar tensor whose graph reaches ``attention``; the graph is kept (``retain_graph``), so the
+    caller can still call ``backward`` on their sum. A loss that does not reach the layer has norm 0. Issue 14,
+    lead 1: compare the value loss's gradient with each L_CC term's, because Adam's per-parameter normalization
+    makes the size of the total gradient, and with it k1 and k2, matter little once L_CC dominates it.
+    """
+    params = [p for p in attention.parameters() if p.requires_grad]
+    norms: dict[str, float] = {}
+    for name, loss in losses.items():
+        if not loss.requires_grad:
+            norms[name] = 0.0
+            continue
+        grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
+        squares = [g.detach().float().pow(2).sum() for g in grads if g is not None]
+        norms[name] = float(torch.stack(squares).sum().sqrt()) if squares else 0.0
+    return norms
+
+
+def attention_param_groups(model: nn.Module, critic: nn.Module, lr: float, attention_lr_scale: float) -> list[dict]:
+    """Optimizer parameter groups: the DVE attention layer at ``lr * attention_lr_scale``, the rest at ``lr``.
+
+    ``critic`` must be a ``DVECritic`` inside ``model``; for other critics (no ``attention`` attribute) or a scale
+    of 1 this is one group with every parameter. Issue 14, lead 1: a separate learning rate for the layer that
+    L_CC acts on.
+
+    Each group carries ``lr_scale`` (1 or ``attention_lr_scale``): a loop that anneals the learning rate sets
+    ``group["lr"] = lr_now * group["lr_scale"]``.
+    """
+    attention = getattr(critic, "attention", None)
+    if attention is None or attention_lr_scale == 1.0:
+        return [{"params": list(model.parameters()), "lr": lr, "lr_scale": 1.0}]
+    attention_ids = {id(p) for p in attention.parameters()}
+    rest = [p for p in model.parameters() if id(p) not in attention_ids]
+    return [
+        {"params": rest, "lr": lr, "lr_scale": 1.0},
+        {"params": list(attention.parameters()), "lr": lr * attention_lr_scale, "lr_scale": attention_lr_scale},
+    ]
+
+
+def cc_grad_cap(value_norm: float, cc_norm: float, ratio: float) -> float:
+    """Factor in [0, 1] that scales L_CC so its gradient norm on the attention layer is at most ``ratio`` times
+    the value loss's (``--dve.cc-grad-ratio``; issue 14, lead 1). ``cc_norm``: the norm of L_CC's gradient as
+    it would enter the loss; ``ratio <= 0`` (off) or ``cc_norm == 0`` give 1."""
+    if ratio <= 0 or cc_norm <= 0:
+        return 1.0
+    return min(1.0, ratio * value_norm / cc_norm)
 
 
 @torch.no_grad()
@@ -285,7 +380,10 @@ class DVECritic(Critic):
             return {}
         if self.cfg.trajectory == "episode" and first is None:
             raise ValueError("DVECritic.aux_losses needs `first` with --dve.trajectory episode.")
-        return cc_terms(out.extras["alpha"], mask, first=first, trajectory=self.cfg.trajectory)
+        return cc_terms(
+            out.extras["alpha"], mask, first=first, trajectory=self.cfg.trajectory,
+            contribution=self.cfg.contribution,
+        )
 
     @torch.no_grad()
     def diagnostics(
@@ -295,7 +393,8 @@ class DVECritic(Critic):
 
         ``confusion_mean``; ``contribution/i`` (rho_i averaged over the columns with valid steps);
         ``argmax_share/i`` (share of valid steps whose largest alpha is cluster i); ``cluster_value/i`` (mean
-        V_i); ``cc_confusion`` and ``cc_contribution`` (the unscaled L_CC terms, logged for plain DVE too).
+        V_i); ``cluster_spread`` (variance of V_i across clusters, mean over steps; issue 14); ``cc_confusion``
+        and ``cc_contribution`` (the unscaled L_CC terms in the configured form, logged for plain DVE too).
         The L_CC terms use ``cfg.trajectory`` when ``first`` is given, one trajectory per column otherwise.
         The histogram of delta is not a float: see ``confusion_histogram``.
         """
@@ -307,6 +406,7 @@ class DVECritic(Critic):
 
         metrics: dict[str, float] = {}
         metrics["confusion_mean"] = float((confusion(alpha) * weight).sum() / num_valid)
+        metrics["cluster_spread"] = float(cluster_spread(out.extras["cluster_values"].float(), valid))
 
         rho = contribution(alpha, valid)
         column_has_steps = (weight.sum(dim=0) > 0).to(alpha.dtype)
@@ -324,7 +424,7 @@ class DVECritic(Critic):
             metrics[f"cluster_value/{i}"] = float(mean_cluster_value[i])
 
         trajectory: Literal["column", "episode"] = self.cfg.trajectory if first is not None else "column"
-        terms = cc_terms(alpha, valid, first=first, trajectory=trajectory)
+        terms = cc_terms(alpha, valid, first=first, trajectory=trajectory, contribution=self.cfg.contribution)
         metrics.update({name: float(value) for name, value in terms.items()})
         return metrics
 

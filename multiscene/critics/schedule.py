@@ -16,7 +16,8 @@ Schedules (``--dve.schedule``), each giving a factor f in [0, 1] with scales ``(
   "moderately small" coefficients from step 0 so that alpha becomes sparse over the first quarter of training;
   the linear ramp from 0 is our reading of that.
 - ``post-boost`` (class-2 games): f = 0 before ``postboost_step``, 1 from it on (seed 000: after pre-training
-  plain DVE, 50M steps per worker there).
+  plain DVE, 50M steps per worker there); with ``postboost_fraction > 0`` the switch is at that fraction of
+  ``total_timesteps`` instead (issue 14: the quickstart's recipe switches on at half the budget).
 - ``post-boost-auto``: the seed's criterion, "once the rate of increase of the average episode length has
   declined", made into a rule (ours):
 
@@ -27,6 +28,13 @@ Schedules (``--dve.schedule``), each giving a factor f in [0, 1] with scales ``(
     ``auto_window`` values before them;
   * if ``(last - prev) / max(prev, 1) < auto_threshold``, L_CC switches on at full strength (f = 1) for the
     rest of training, and ``fired_step`` records the step. A falling episode length also counts as flattened.
+- ``spread`` (issue 14, leads 1 and 3; ours): L_CC switches on at full strength, for good, once
+  ``auto_window`` consecutive calls of ``observe_spread(global_step, spread)`` have reported a ``spread`` (the
+  critic's ``cluster_spread``: variance of the cluster means V_i across clusters, mean over steps) of at least
+  ``spread_threshold``, and ``global_step >= auto_min_fraction * total_timesteps``; ``fired_step`` records the
+  step. Consecutive, because the first Adam steps move the V_i apart for a moment before the value is fitted. The value loss moves the attention only as much as the V_i differ, so sparsity is enforced only once
+  the clusters carry different values (seed 000 §4.1: "clusters must differ first"). The trainer calls
+  ``observe_spread`` after each update with that update's mean ``dve/cluster_spread``.
 
 The seed warns that L_CC switched on before the state space is explored spreads sparse assignments wrongly and
 is hard to undo (all clusters but one get ~0 gradient). The library logs that risk rather than hiding it:
@@ -61,10 +69,20 @@ class CCSchedule:
         self.total_timesteps = cfg.total_timesteps
         self.kind = cfg.dve.schedule
         self.fired_step: int | None = None
-        """post-boost-auto: the global step at which L_CC switched on; None until then (and for other kinds)."""
+        """post-boost-auto and spread: the global step at which L_CC switched on; None until then (and for other
+        kinds)."""
         self.collapse_warned_step: int | None = None
         """The step at which ``early_collapse_warning`` last returned a message; it warns once per run."""
         self._lengths: deque[float] = deque(maxlen=2 * cfg.dve.auto_window)
+        self._spread_run = 0
+        """spread: number of consecutive observations at or above the threshold."""
+
+    @property
+    def postboost_start(self) -> float:
+        """Post-boost: the step from which L_CC is on (``postboost_fraction * total`` when that is > 0)."""
+        if self.dve.postboost_fraction > 0:
+            return self.dve.postboost_fraction * self.total_timesteps
+        return float(self.dve.postboost_step)
 
     @property
     def term_names(self) -> tuple[str, ...]:
@@ -77,8 +95,8 @@ class CCSchedule:
             ramp_steps = self.dve.preboost_fraction * self.total_timesteps
             return min(1.0, max(0.0, global_step / ramp_steps))
         if self.kind == "post-boost":
-            return 1.0 if global_step >= self.dve.postboost_step else 0.0
-        if self.kind == "post-boost-auto":
+            return 1.0 if global_step >= self.postboost_start else 0.0
+        if self.kind in ("post-boost-auto", "spread"):
             return 1.0 if self.fired_step is not None and global_step >= self.fired_step else 0.0
         return 0.0
 
@@ -103,6 +121,14 @@ class CCSchedule:
         prev = sum(history[:window]) / window
         last = sum(history[window:]) / window
         if (last - prev) / max(prev, 1.0) < self.dve.auto_threshold:
+            self.fired_step = int(global_step)
+
+    def observe_spread(self, global_step: int, spread: float | None) -> None:
+        """Record the cluster means' spread after an update (None: not measured); may fire the spread schedule."""
+        if self.kind != "spread" or self.fired_step is not None or spread is None:
+            return
+        self._spread_run = self._spread_run + 1 if spread >= self.dve.spread_threshold else 0
+        if self._spread_run >= self.dve.auto_window and global_step >= self.dve.auto_min_fraction * self.total_timesteps:
             self.fired_step = int(global_step)
 
     def early_collapse_warning(self, confusion_mean: float | None, global_step: int) -> str | None:
@@ -137,6 +163,7 @@ class CCSchedule:
             "fired_step": self.fired_step,
             "collapse_warned_step": self.collapse_warned_step,
             "lengths": list(self._lengths),
+            "spread_run": self._spread_run,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -150,6 +177,7 @@ class CCSchedule:
         self.collapse_warned_step = None if warned is None else int(warned)
         self._lengths.clear()
         self._lengths.extend(float(length) for length in state["lengths"])
+        self._spread_run = int(state.get("spread_run", 0))  # checkpoints from before issue 14 lack it
 
 
 def make_cc_schedule(cfg: TrainConfig) -> CCSchedule:

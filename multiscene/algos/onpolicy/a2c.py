@@ -26,6 +26,7 @@ from multiscene.algos.onpolicy.base import (
     add_aux_terms,
     critic_diagnostics,
     first_nonfinite,
+    param_groups,
 )
 from multiscene.algos.onpolicy.ppo import masked_mean, normalize_advantages
 from multiscene.config import ConfigError
@@ -91,10 +92,11 @@ class A2C(OnPolicyAlgorithm):
     uses_minibatches = False
 
     def make_optimizer(self, agent: Agent, cfg: TrainConfig) -> torch.optim.Optimizer:
+        groups = param_groups(agent, cfg)
         if cfg.a2c.optimizer == "adam":  # type: ignore[attr-defined]
-            return torch.optim.Adam(agent.parameters(), lr=cfg.learning_rate, eps=cfg.adam_eps)
+            return torch.optim.Adam(groups, lr=cfg.learning_rate, eps=cfg.adam_eps)
         return torch.optim.RMSprop(
-            agent.parameters(), lr=cfg.learning_rate, alpha=cfg.a2c.rms_alpha, eps=cfg.a2c.rms_eps  # type: ignore[attr-defined]
+            groups, lr=cfg.learning_rate, alpha=cfg.a2c.rms_alpha, eps=cfg.a2c.rms_eps  # type: ignore[attr-defined]
         )
 
     def gae_lambda(self, cfg: TrainConfig) -> float:

@@ -67,7 +67,7 @@ class OnPolicyAlgorithm(ABC):
         return train(cfg, cls())
 
     def make_optimizer(self, agent: Agent, cfg: TrainConfig) -> torch.optim.Optimizer:
-        return torch.optim.Adam(agent.parameters(), lr=cfg.learning_rate, eps=cfg.adam_eps)
+        return torch.optim.Adam(param_groups(agent, cfg), lr=cfg.learning_rate, eps=cfg.adam_eps)
 
     def gae_lambda(self, cfg: TrainConfig) -> float:
         return cfg.gae_lambda
@@ -92,6 +92,14 @@ class OnPolicyAlgorithm(ABC):
         device: torch.device,
     ) -> UpdateResult:
         """One update from one rollout; a non-finite loss or gradient restores the state from before it."""
+
+
+def param_groups(agent: Agent, cfg: TrainConfig) -> list[dict[str, Any]]:
+    """The optimizer's parameter groups: one, or the DVE attention layer apart at ``--dve.attention-lr-scale``
+    times the learning rate (issue 14, lead 1). Each group carries ``lr_scale`` for learning-rate annealing."""
+    from multiscene.critics.dve import attention_param_groups
+
+    return attention_param_groups(agent, agent.critic, cfg.learning_rate, cfg.dve.attention_lr_scale)  # type: ignore[attr-defined]
 
 
 def truncation_bootstrap(rollout: Rollout) -> dict[str, torch.Tensor]:

@@ -121,6 +121,11 @@ def train(cfg: TrainConfig, algo: OnPolicyAlgorithm) -> Path:
 def _train(cfg: TrainConfig, algo: OnPolicyAlgorithm, ctx: dist.DistContext, device: torch.device) -> Path:
     from multiscene.evaluate import evaluate_run_splits, final_eval_step_cap
 
+    if cfg.dve.cc_grad_ratio > 0:  # type: ignore[attr-defined]
+        raise ConfigError(
+            "--dve.cc-grad-ratio is applied by the critic-fit benchmark (multiscene sweep --task critic-fit, "
+            "benchmarks/dve_critic_fit.py); the training loops do not apply it yet. Leave it at 0 for training."
+        )
     if ctx.enabled:
         if algo.not_data_parallel is not None:
             raise ConfigError(
@@ -227,7 +232,7 @@ def _train(cfg: TrainConfig, algo: OnPolicyAlgorithm, ctx: dist.DistContext, dev
                     break
                 if cfg.anneal_lr:
                     for group in optimizer.param_groups:
-                        group["lr"] = cfg.learning_rate * (1.0 - update / cfg.num_updates)
+                        group["lr"] = cfg.learning_rate * (1.0 - update / cfg.num_updates) * group.get("lr_scale", 1.0)
 
                 # 1. Collect
                 try:
@@ -277,6 +282,7 @@ def _train(cfg: TrainConfig, algo: OnPolicyAlgorithm, ctx: dist.DistContext, dev
                     record.update(collector.hotwire.metrics())
                 for name, scale in aux_scales.items():
                     record[f"schedule/{name}"] = scale
+                schedule.observe_spread(global_step, record.get("dve/cluster_spread"))
                 sps = (global_step - start_step) / max(time.time() - start_time, 1e-9)
                 record["charts/SPS"] = sps
                 record["charts/learning_rate"] = optimizer.param_groups[0]["lr"]
