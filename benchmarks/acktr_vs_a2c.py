@@ -52,6 +52,11 @@ MUJOCO_METHODS: dict[str, tuple[str, list[str]]] = {
     "a2c": ("a2c-mujoco", []),
     "acktr": ("acktr-mujoco", []),
     "acktr-n20": ("acktr-mujoco", ["--num-envs", "8", "--num-steps", "20"]),
+    # Investigation of a slower ACKTR: the paper's lr (Atari and the gym preset), where the KL trust region
+    # (0.001) sets the step size instead of lr 0.03; and A2C's return/advantage settings with K-FAC.
+    "acktr-n20-lr0.25": ("acktr-mujoco", ["--num-envs", "8", "--num-steps", "20", "--learning-rate", "0.25"]),
+    "acktr-n20-a2cset": ("acktr-mujoco", ["--num-envs", "8", "--num-steps", "20", "--no-norm-adv", "--anneal-lr",
+                                          "--acktr.gae-lambda", "1.0"]),
 }
 ATARI_METHODS: dict[str, tuple[str, list[str]]] = {
     "a2c": ("a2c-atari", []),
