@@ -4,10 +4,10 @@ The ACKTR paper (Wu et al. 2017, §5) reports ACKTR at least as sample efficient
 This script trains both with the library's own presets, one ``multiscene train`` process per (task, method,
 seed), ``--workers`` at a time with one torch thread each, and compares them on the training curve:
 
-- ``auc``: the mean training episodic return over the whole budget (every finished episode, weighted by how
-  many finished in each update): the area under the learning curve divided by its length, i.e. sample
-  efficiency;
-- ``final``: the mean episodic return of the episodes that finished in the last 20% of the budget.
+- ``auc``: the area under the training curve divided by its length, i.e. sample efficiency: the mean over
+  updates of the update's mean episodic return, carried forward through updates where no episode finished
+  (from the first finished episode on);
+- ``final``: the same mean over the updates in the last 20% of the budget.
 
 Methods (MuJoCo): ``a2c`` = ``--preset a2c-mujoco`` (8 envs x 20 steps, RMSprop 7e-4); ``acktr`` =
 ``--preset acktr-mujoco`` (5 x 500 = 2,500 steps per update as seed 004 §6.2, K-FAC lr 0.03); ``acktr-n20`` =
@@ -144,18 +144,29 @@ def curve(run_dir: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def run_scores(run_dir: Path, budget: int, final_fraction: float = 0.2) -> dict[str, float]:
-    """``auc`` (episode-weighted mean return over the budget) and ``final`` (over the last ``final_fraction``);
-    NaN where no episode finished; ``nonfinite`` counts updates the loop skipped for a non-finite value."""
-    steps, returns, episodes = curve(run_dir)
+    """``auc``: the learning curve's mean over the updates, the curve being at each update the mean return of
+    the episodes finished in it, carried forward through updates where none finished (a balanced pendulum
+    finishes no episode for a long time: weighting by finished episodes would favour the many short early
+    ones); ``final``: the same over the updates in the last ``final_fraction`` of the budget. NaN before the
+    first finished episode; ``nonfinite`` counts updates the loop skipped for a non-finite value."""
     records = read_records(run_dir)
     out = {"auc": math.nan, "final": math.nan,
            "nonfinite": float(sum(1 for r in records if r.get("nonfinite/skipped_update"))),
            "steps": float(max((r.get("global_step", 0) for r in records), default=0))}
-    if steps.size:
-        out["auc"] = float(np.average(returns, weights=episodes))
-        late = steps > (1.0 - final_fraction) * budget
-        if late.any():
-            out["final"] = float(np.average(returns[late], weights=episodes[late]))
+    last, carried, late = math.nan, [], []
+    for r in records:
+        value = r.get("charts/episodic_return")
+        if value is not None and math.isfinite(value):
+            last = float(value)
+        if math.isnan(last):
+            continue
+        carried.append(last)
+        if r.get("global_step", 0) > (1.0 - final_fraction) * budget:
+            late.append(last)
+    if carried:
+        out["auc"] = float(np.mean(carried))
+    if late:
+        out["final"] = float(np.mean(late))
     return out
 
 
@@ -171,20 +182,24 @@ def summarize(runs: list[Run]) -> dict[str, Any]:
         methods = list(dict.fromkeys(r.method for r in runs if r.task == task))
         entry: dict[str, Any] = {}
         for metric in ("auc", "final"):
-            scores = {m: np.array([[v[metric]] for (t, mm, _), v in per_run.items() if t == task and mm == m])
-                      for m in methods}
-            usable = {m: s for m, s in scores.items() if s.size and np.isfinite(s).all()}
+            # A run without a finished episode in the window (none started, or all still running: a balanced
+            # pendulum) has no score there; the table's n says how many runs a figure rests on.
+            scores = {m: np.array([[v[metric]] for (t, mm, _), v in per_run.items()
+                                   if t == task and mm == m and math.isfinite(v[metric])]) for m in methods}
+            usable = {m: s for m, s in scores.items() if s.size}
             entry[metric] = aggregate_intervals(usable) if usable else {}
             for m in methods:
                 if m not in usable:
                     entry[metric][m] = None
         if "a2c" in methods:
-            base = np.array([[v["auc"]] for (t, m, _), v in per_run.items() if t == task and m == "a2c"])
+            base = np.array([[v["auc"]] for (t, m, _), v in per_run.items()
+                             if t == task and m == "a2c" and math.isfinite(v["auc"])])
             for m in methods:
                 if m == "a2c":
                     continue
-                other = np.array([[v["auc"]] for (t, mm, _), v in per_run.items() if t == task and mm == m])
-                if np.isfinite(base).all() and np.isfinite(other).all() and base.size and other.size:
+                other = np.array([[v["auc"]] for (t, mm, _), v in per_run.items()
+                                  if t == task and mm == m and math.isfinite(v["auc"])])
+                if base.size and other.size:
                     entry[f"p_{m}_gt_a2c"] = probability_of_improvement(other, base)
         out["tasks"][task] = entry
     return out
@@ -226,7 +241,8 @@ def figure(runs: list[Run], path: Path) -> None:
                     continue
                 k = min(3, returns.size)
                 smooth = np.convolve(returns, np.ones(k) / k, mode="valid")
-                ax.plot(steps[k - 1:], smooth, color=f"C{i}", alpha=0.85, label=m if j == 0 else None)
+                ax.plot(steps[k - 1:], smooth, color=f"C{i}", alpha=0.85, label=m if j == 0 else None,
+                        marker="o" if smooth.size < 5 else None)
         ax.set_title(task, fontsize=9)
         ax.set_xlabel("env steps", fontsize=8)
         ax.set_ylabel("training episodic return", fontsize=8)

@@ -47,7 +47,7 @@ def test_both_commands_get_the_same_shape_and_budget():
     assert "--no-cuda" in theirs and ours[ours.index("--preset") + 1] == "ppo-mujoco"
 
 
-def test_run_scores_are_episode_weighted_means(tmp_path):
+def test_run_scores_follow_the_carried_forward_curve(tmp_path):
     avsa = _load("acktr_vs_a2c")
     records = [
         {"update": 1, "global_step": 100, "charts/episodic_return": 10.0, "charts/episodes": 1},
@@ -59,12 +59,16 @@ def test_run_scores_are_episode_weighted_means(tmp_path):
     ]
     (tmp_path / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in records) + "\n{\"torn")
     scores = avsa.run_scores(tmp_path, budget=500, final_fraction=0.2)
-    # auc = (10*1 + 20*3 + 40*2 + 100*1) / 7; final = updates with step > 400: only the last
-    assert scores["auc"] == pytest.approx(250 / 7)
-    assert scores["final"] == pytest.approx(100.0)
+    # the curve carried forward through update 2 (no episode): 10, 10, 20, 40, 100
+    assert scores["auc"] == pytest.approx(180 / 5)
+    assert scores["final"] == pytest.approx(100.0)  # only update 5 lies beyond step 400
     assert scores["nonfinite"] == 1 and scores["steps"] == 500
-    # the last 40% (step > 300) holds updates 4 and 5: (40*2 + 100) / 3
-    assert avsa.run_scores(tmp_path, budget=500, final_fraction=0.4)["final"] == pytest.approx(60.0)
+    # the last 40% (step > 300) holds updates 4 and 5
+    assert avsa.run_scores(tmp_path, budget=500, final_fraction=0.4)["final"] == pytest.approx(70.0)
+    # before the first finished episode there is no curve: a run whose first episode ends at update 3
+    (tmp_path / "late").mkdir()
+    (tmp_path / "late" / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in records[1:]))
+    assert avsa.run_scores(tmp_path / "late", budget=500)["auc"] == pytest.approx((20 + 40 + 100) / 3)
     empty = avsa.run_scores(tmp_path / "missing", budget=500)
     assert math.isnan(empty["auc"]) and math.isnan(empty["final"])
 
