@@ -13,9 +13,9 @@ What is read:
   definition, started after its envs and agent are built).
 
 Env versions differ: ours runs HalfCheetah-v5 (gymnasium 1.x in the project's venv); CleanRL pins gymnasium
-0.29.1, whose newest HalfCheetah is v4. Both are the same MuJoCo model and reward (v5 changed defaults that do
-not touch HalfCheetah's dynamics, and fixed bugs in other envs); the per-step simulation cost is the same up to
-the mujoco bindings' versions, which the env-only rate below lets one check.
+0.29.1, whose newest HalfCheetah is v4. Both simulate the same half-cheetah model with the same 17-dim
+observation and 6-dim action (v5 mostly added constructor arguments); the per-step simulation cost may still
+differ a little through the gymnasium and wrapper versions, which this script does not separate out.
 
 CleanRL runs in its own venv (``/work/peer_venvs/cleanrl_mujoco``: torch 2.13.0 CPU, numpy<2,
 gymnasium[mujoco] 0.29.1, tyro, tensorboard), never in the project's.
