@@ -37,6 +37,11 @@ def _parse(out: str) -> dict[str, str]:
         ("procgen-easy", ["--critic", "sparse-dve", "--env", "starpilot"]),  # Sparse DVE, L_CC on
         ("quickstart", []),  # MiniGrid, Sparse DVE
         ("quickstart", ["--critic", "scalar", "--bf16"]),  # MiniGrid RL² under bf16 autocast
+        # issue 10: the algorithm axis and MuJoCo (the one-step algorithms time their own update in the ceiling)
+        ("ppo-mujoco", ["--env", "InvertedPendulum-v5"]),
+        ("a2c-mujoco", ["--env", "InvertedPendulum-v5"]),
+        ("acktr-mujoco", ["--env", "InvertedPendulum-v5"]),
+        ("acktr-gym", []),  # K-FAC on CartPole's categorical policy
     ],
 )
 def test_throughput_prints_every_field(capsys, preset, extra):
@@ -69,7 +74,8 @@ def test_throughput_prints_every_field(capsys, preset, extra):
         (["learning", "--tasks", "coinrun"], "--tasks"),
         (["learning", "--tasks", "MiniGrid-NoSuchTask-v0"], "--env"),
         (["learning", "--seeds", "0"], "--seeds"),
-        (["no-such-bench"], "throughput or learning"),
+        (["no-such-bench"], "update-cost or learning"),
+        (["update-cost", "--preset", "a2c-gym", "--updates", "1"], "--updates"),
     ],
 )
 def test_bad_input_exits_2_naming_the_flag(capsys, argv, needle):
@@ -105,3 +111,54 @@ def test_learning_bench_tiny(tmp_path, capsys):
                        "sparse-dve", "--seeds", "1", "--total-timesteps", "32", "--num-envs", "4", "--num-steps", "8",
                        "--num-minibatches", "2", "--hidden-size", "16", "--num-levels", "5", "--eval-episodes", "2"]) == 0
     assert "ok," not in capsys.readouterr().out
+
+
+def test_update_cost_times_both_algorithms_from_the_same_weights(capsys):
+    """bench update-cost: every field, ratio = acktr / a2c, the refresh is the slowest ACKTR update, and the
+    batch is the config's; and the timing leaves the agent's weights where the rollout found them."""
+    code = bench_main(["update-cost", "--preset", "a2c-gym", "--updates", "3", "--json", "--num-envs", "4",
+                       "--num-steps", "8", "--hidden-size", "16", "--torch-threads", "1", "--device", "cpu",
+                       "--acktr.inverse-every", "3"])
+    assert code == 0
+    data = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert data["batch"] == 32 and data["updates"] == 3 and data["encoder"] == "MLPEncoder"
+    for name in ("a2c_seconds", "acktr_seconds", "acktr_refresh_seconds", "acktr_plain_seconds"):
+        assert math.isfinite(data[name]) and data[name] > 0, name
+    assert data["ratio"] == pytest.approx(data["acktr_seconds"] / data["a2c_seconds"])
+    assert data["acktr_plain_seconds"] <= data["acktr_refresh_seconds"]
+    assert data["parameters"] > 0
+
+
+def test_time_updates_restores_the_weights_and_steps_each_time():
+    """Each timed update starts from the same weights (restored outside the clock), and a real step is taken:
+    the weights after one update differ from the start, and after the helper returns they are back."""
+    import torch
+
+    from multiscene import registry
+    from multiscene.algos.onpolicy.rollout import RolloutCollector
+    from multiscene.bench.update_cost import _time_updates
+    from multiscene.config import replace
+    from multiscene.envs import make_env
+    from multiscene.presets import get_preset
+    from multiscene.runtime import env_spec, make_agent, seed_everything
+
+    cfg = replace(get_preset("a2c-gym"), num_envs=4, num_steps=8, hidden_size=16, total_timesteps=32, device="cpu")
+    seed_everything(cfg.seed, False)
+    envs = make_env(env_spec(cfg, "train", cfg.num_envs))
+    try:
+        agent = make_agent(cfg, envs, device=torch.device("cpu"))
+        rollout = RolloutCollector(envs, agent, cfg, torch.device("cpu")).collect(agent)
+    finally:
+        envs.close()
+    algo = registry.load("algorithm", "a2c")()
+    adv = algo.advantages(agent.critic, rollout, cfg)
+    before = {k: v.clone() for k, v in agent.state_dict().items()}
+    for name in ("a2c", "acktr"):
+        times = _time_updates(name, cfg, agent, rollout, adv, 2, torch.device("cpu"))
+        assert len(times) == 2
+        after = agent.state_dict()
+        assert all(torch.equal(before[k], after[k]) for k in before), name
+    # The same update outside the helper does move the weights (so the timed work is a real step).
+    optimizer = algo.make_optimizer(agent, cfg)
+    algo.update(agent, optimizer, rollout, adv, {}, cfg, torch.device("cpu"))
+    assert any(not torch.equal(before[k], v) for k, v in agent.state_dict().items())

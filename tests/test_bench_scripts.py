@@ -1,0 +1,85 @@
+"""The pure parts of benchmarks/ppo_mujoco_vs_cleanrl.py and benchmarks/acktr_vs_a2c.py against hand computations
+(the training subprocesses themselves are exercised by running the scripts; see docs/benchmarks.md)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses resolve their module by name
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_cleanrl_sps_lines_and_median_ratio():
+    vs = _load("ppo_mujoco_vs_cleanrl")
+    out = "global_step=1000, episodic_return=[-3.]\nSPS: 1500\nfoo\nSPS: 1770\n"
+    assert vs.SPS_LINE.findall(out) == ["1500", "1770"]
+    M = vs.Measurement
+    ms = [M("ours", 0, 60.0, 1, 0, 0), M("cleanrl", 0, 30.0, 1, 0, 0), M("ours", 1, 20.0, 1, 0, 0),
+          M("cleanrl", 1, 40.0, 1, 0, 0), M("ours", 2, 40.0, 1, 0, 0), M("cleanrl", 2, 35.0, 1, 0, 0)]
+    s = vs.summarize(ms)
+    # medians 40 and 35; paired per-round ratios 2.0, 0.5, 40/35
+    assert s["ours_sps"] == 40.0 and s["cleanrl_sps"] == 35.0
+    assert s["ratio"] == pytest.approx(40 / 35)
+    assert s["ratio_per_round_min"] == pytest.approx(0.5) and s["ratio_per_round_max"] == pytest.approx(2.0)
+
+
+def test_both_commands_get_the_same_shape_and_budget():
+    vs = _load("ppo_mujoco_vs_cleanrl")
+    args = vs.parse_args(["--total-timesteps", "4096", "--num-steps", "1024", "--num-envs", "2",
+                          "--cleanrl-python", sys.executable, "--cleanrl-script", __file__])
+    ours = vs.ours_command("python", args, Path("/tmp/x"))
+    theirs = vs.cleanrl_command(args)
+    for flag, value in (("--num-envs", "2"), ("--num-steps", "1024"), ("--total-timesteps", "4096"), ("--seed", "1")):
+        assert ours[ours.index(flag) + 1] == value and theirs[theirs.index(flag) + 1] == value
+    assert "--no-cuda" in theirs and ours[ours.index("--preset") + 1] == "ppo-mujoco"
+
+
+def test_run_scores_follow_the_carried_forward_curve(tmp_path):
+    avsa = _load("acktr_vs_a2c")
+    records = [
+        {"update": 1, "global_step": 100, "charts/episodic_return": 10.0, "charts/episodes": 1},
+        {"update": 2, "global_step": 200},  # no episode finished
+        {"update": 3, "global_step": 300, "charts/episodic_return": 20.0, "charts/episodes": 3},
+        {"update": 4, "global_step": 400, "charts/episodic_return": 40.0, "charts/episodes": 2,
+         "nonfinite/skipped_update": 1},
+        {"update": 5, "global_step": 500, "charts/episodic_return": 100.0, "charts/episodes": 1},
+    ]
+    (tmp_path / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in records) + "\n{\"torn")
+    scores = avsa.run_scores(tmp_path, budget=500, final_fraction=0.2)
+    # the curve carried forward through update 2 (no episode): 10, 10, 20, 40, 100
+    assert scores["auc"] == pytest.approx(180 / 5)
+    assert scores["final"] == pytest.approx(100.0)  # only update 5 lies beyond step 400
+    assert scores["nonfinite"] == 1 and scores["steps"] == 500
+    # the last 40% (step > 300) holds updates 4 and 5
+    assert avsa.run_scores(tmp_path, budget=500, final_fraction=0.4)["final"] == pytest.approx(70.0)
+    # before the first finished episode there is no curve: a run whose first episode ends at update 3
+    (tmp_path / "late").mkdir()
+    (tmp_path / "late" / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in records[1:]))
+    assert avsa.run_scores(tmp_path / "late", budget=500)["auc"] == pytest.approx((20 + 40 + 100) / 3)
+    empty = avsa.run_scores(tmp_path / "missing", budget=500)
+    assert math.isnan(empty["auc"]) and math.isnan(empty["final"])
+
+
+def test_methods_differ_only_where_they_say():
+    avsa = _load("acktr_vs_a2c")
+    assert avsa.methods_for("Hopper-v5") is avsa.MUJOCO_METHODS
+    assert avsa.methods_for("BreakoutNoFrameskip-v4") is avsa.ATARI_METHODS
+    assert avsa.methods_for("ALE/Boxing-v5") is avsa.ATARI_METHODS
+    run = avsa.Run("Hopper-v5", 20000, "acktr-n20", 2, Path("/tmp/r"))
+    cmd = avsa.train_command(run)
+    assert cmd[cmd.index("--preset") + 1] == "acktr-mujoco"
+    assert cmd[cmd.index("--num-envs") + 1] == "8" and cmd[cmd.index("--num-steps") + 1] == "20"
+    assert cmd[cmd.index("--total-timesteps") + 1] == "20000" and cmd[cmd.index("--seed") + 1] == "2"
