@@ -195,3 +195,17 @@ def test_vae_on_vector_observations_is_refused_before_a_run_exists(tmp_path):
     with pytest.raises(ConfigError, match="--aux vae needs 64x64x3 image observations"):
         train(cfg)
     assert not (tmp_path / "run").exists()
+
+
+def test_running_obs_norm_matches_the_moments_of_everything_seen():
+    from multiscene.normalize import RunningObsNorm
+
+    torch.manual_seed(0)
+    norm, x = RunningObsNorm((5,)), torch.randn(120, 5) * 3 + 1
+    for chunk in x.split(7):
+        norm.update(chunk)
+    torch.testing.assert_close(norm.mean, x.double().mean(0))
+    torch.testing.assert_close(norm.var, x.double().var(0, unbiased=False), rtol=1e-4, atol=1e-4)
+    out = norm(x)
+    assert out.dtype == torch.float32 and out.abs().max() <= 10.0
+    assert set(dict(norm.named_buffers())) == {"mean", "var", "count"}  # saved with the agent's weights
