@@ -231,6 +231,35 @@ def acktr_gym() -> TrainConfig:
     return replace(a2c_gym(), preset="acktr-gym", algo="acktr", learning_rate=0.25)
 
 
+# Seed 004's comparisons (its Table 2 and the sparse-reward Atari games of §6.1).
+SEED004_ATARI = ("Boxing", "Freeway", "Enduro", "WizardOfWor", "Robotank", "Breakout", "Pong", "Seaquest")
+SEED004_MUJOCO = ("Ant", "HalfCheetah", "Hopper", "InvertedDoublePendulum", "InvertedPendulum", "Reacher",
+                  "Swimmer", "Walker2d")
+
+
+def seed004_preset(name: str, family: str, task: str) -> Callable[[], TrainConfig]:
+    """Seed 004's runs: ``a2mc`` (A2MC: ACKTR + multi-critic), ``acktr``, ``mcppo`` (PPO + multi-critic), ``ppo``.
+
+    Atari at 15M steps (``--total-timesteps 50000000`` for the seed's longer runs), MuJoCo ``-v5`` at 1M steps.
+    The base settings are the ``acktr-*`` and ``ppo-*`` presets; the multi-critic adds the VWR head with the
+    defaults of SPEC §4 (T = 20, sigma_max 1, kappa 2, beta 1). Hot-wiring is seed 004's Atari booster; the A2MC
+    Atari presets switch it on (first 5% of training, epsilon 0.2).
+    """
+
+    def preset() -> TrainConfig:
+        algo = {"a2mc": "acktr", "acktr": "acktr", "mcppo": "ppo", "ppo": "ppo"}[name]
+        base = {"atari": {"acktr": acktr_atari, "ppo": ppo_atari}, "mujoco": {"acktr": acktr_mujoco, "ppo": ppo_mujoco}}
+        cfg = base[family][algo]()
+        env = f"{task}NoFrameskip-v4" if family == "atari" else f"{task}-v5"
+        budget = 15_000_000 if family == "atari" else 1_000_000
+        critic = "multi" if name in ("a2mc", "mcppo") else "scalar"
+        return replace(cfg, preset=f"{name}-{family}-{task.lower()}", env=env, critic=critic, total_timesteps=budget,
+                       hotwire=name == "a2mc" and family == "atari")
+
+    preset.__doc__ = f"Seed 004: {name} on {task} ({family})."
+    return preset
+
+
 PRESETS: dict[str, Callable[[], TrainConfig]] = {
     "quickstart": quickstart,
     "minigrid": minigrid,
@@ -247,6 +276,32 @@ PRESETS: dict[str, Callable[[], TrainConfig]] = {
     "a2c-gym": a2c_gym,
     "acktr-gym": acktr_gym,
 }
+for _task in SEED004_ATARI:
+    for _name in ("a2mc", "acktr"):
+        PRESETS[f"{_name}-atari-{_task.lower()}"] = seed004_preset(_name, "atari", _task)
+for _task in SEED004_MUJOCO:
+    for _name in ("a2mc", "acktr", "mcppo", "ppo"):
+        PRESETS[f"{_name}-mujoco-{_task.lower()}"] = seed004_preset(_name, "mujoco", _task)
+
+
+def seed002_preset(vae: bool) -> Callable[[], TrainConfig]:
+    """Seed 002 (Table A-2): IMPALA (+ VAE) on Procgen hard mode, 500 training levels, zero-shot test on the full
+    distribution seeded from level 1 (the seed's "disjoint" start level; the full distribution can contain a
+    training level, with a tiny probability), 1e8 steps; ``--env`` picks the game (coinrun, starpilot, chaser,
+    maze)."""
+
+    def preset() -> TrainConfig:
+        return replace(procgen_hard(), preset="impala-vae-hard" if vae else "impala-hard", algo="impala",
+                       critic="scalar", aux="vae" if vae else "none", num_levels=500, start_level=0,
+                       test_start_level=1, test_num_levels=0, total_timesteps=100_000_000, gamma=0.99)
+
+    preset.__doc__ = f"Seed 002: IMPALA{' + VAE' if vae else ''} on Procgen hard, 500 levels, 1e8 steps."
+    return preset
+
+
+PRESETS["impala-hard"] = seed002_preset(vae=False)
+PRESETS["impala-vae-hard"] = seed002_preset(vae=True)
+
 for _game in CLASS1_GAMES + CLASS2_GAMES:
     for _method in ("rl2", "dve", "sparse-dve"):
         PRESETS[f"{_method}-{_game}"] = seed000_game(_game, _method)

@@ -209,3 +209,18 @@ def test_running_obs_norm_matches_the_moments_of_everything_seen():
     out = norm(x)
     assert out.dtype == torch.float32 and out.abs().max() <= 10.0
     assert set(dict(norm.named_buffers())) == {"mean", "var", "count"}  # saved with the agent's weights
+
+
+def test_every_preset_builds_and_validates():
+    """Each of the seeds' presets (seed 000 Table 1, seed 002, seed 004 Table 2, the family defaults) is a valid
+    config with the algorithm and critic it names."""
+    from multiscene.presets import PRESETS, get_preset
+
+    for name in PRESETS:
+        cfg = get_preset(name)
+        validate(cfg)
+        assert cfg.preset == name or name in ("gym",), name
+    assert get_preset("a2mc-mujoco-swimmer").critic == "multi" and get_preset("a2mc-mujoco-swimmer").algo == "acktr"
+    assert get_preset("mcppo-mujoco-walker2d").env == "Walker2d-v5"
+    assert get_preset("a2mc-atari-freeway").hotwire and get_preset("a2mc-atari-freeway").total_timesteps == 15_000_000
+    assert get_preset("impala-vae-hard").aux == "vae" and get_preset("impala-hard").algo == "impala"
