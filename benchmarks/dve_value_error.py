@@ -95,6 +95,10 @@ def train_config(critic: str, seed: int, settings: BenchmarkSettings, run_dir: P
         tensorboard=False,
         run_dir=str(run_dir),
         overwrite=True,
+        # Every evaluation episode counts (no step cap), and time limits are treated as terminations, as when
+        # this benchmark's recorded results were taken (docs/dve_benchmark.md, before issue 16).
+        final_eval_steps=0,
+        bootstrap_truncation=False,
         # N_b = 3 matches the three scenes; Sparse DVE uses the library's default pre-boost schedule.
         dve=DVEConfig(num_clusters=3, schedule="pre-boost"),
     )

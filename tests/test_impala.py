@@ -454,7 +454,7 @@ def test_ray_run_with_the_vae_on_procgen_checkpoints_and_resumes_it(tmp_path: Pa
         train(tiny_config(str(run_dir), total_timesteps=2 * 16, checkpoint_interval=1, final_eval=False, **common),
               impala, VAEConfig(latent_dim=8))
         first = load_file(run_dir / "model.safetensors")
-        assert any(k.startswith("vae.") for k in first)
+        assert any(k.startswith("agent.aux.") for k in first)  # the VAE is part of the agent
         train(tiny_config(str(run_dir), total_timesteps=3 * 16, resume=True, **common), impala)
         assert ray.is_initialized()  # the caller's Ray is left running
     finally:
@@ -462,6 +462,8 @@ def test_ray_run_with_the_vae_on_procgen_checkpoints_and_resumes_it(tmp_path: Pa
     records = [r for r in read_metrics(run_dir / "metrics.jsonl") if "losses/policy_loss" in r]
     assert [r["update"] for r in records] == [1, 2, 3]
     assert all(r["vae/neg_elbo"] > 0 for r in records)
-    assert json.loads((run_dir / "config.json").read_text())["vae"]["latent_dim"] == 8
+    saved = json.loads((run_dir / "config.json").read_text())
+    assert saved["vae"]["latent_dim"] == 8 and saved["config"]["aux"] == "vae"
     second = load_file(run_dir / "model.safetensors")
-    assert not torch.equal(first["vae.decoder_fc.weight"], second["vae.decoder_fc.weight"])  # trained on
+    key = "agent.aux.decoder_fc.weight"
+    assert not torch.equal(first[key], second[key])  # trained on

@@ -66,6 +66,8 @@ def train_args(spec: RunSpec, ns: argparse.Namespace) -> list[str]:
         "--eval-num-envs", str(min(ns.eval_episodes, 16)), "--checkpoint-interval", "1000000",
         "--torch-threads", "1", "--num-threads", "1", "--progress", "none", "--no-tensorboard",
         "--run-dir", str(spec.run_dir), "--overwrite",
+        # The benchmark's figures come from the full final evaluation (--eval-episodes per split), never capped.
+        "--final-eval-steps", "0",
     ]
 
 

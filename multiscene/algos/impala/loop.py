@@ -290,6 +290,11 @@ def train(
     from multiscene.evaluate import evaluate_run_splits
 
     impala = impala or ImpalaConfig()
+    if vae is not None and (cfg.aux != "vae" or cfg.vae != vae):  # type: ignore[attr-defined]
+        # The VAE lives in the agent (``agent.aux``), which the actors rebuild from ``cfg``: say so in cfg.
+        cfg = dataclasses.replace(cfg, aux="vae", vae=vae)
+    if cfg.algo != "impala" or cfg.impala != impala:  # type: ignore[attr-defined]
+        cfg = dataclasses.replace(cfg, algo="impala", impala=impala)  # config.json says what ran
     _validate_common(cfg)
     check_impala_config(impala)
     if vae is not None:
@@ -331,9 +336,6 @@ def train(
     agent = make_agent(cfg, obs_shape, num_actions, device)
     # With --aux vae the agent carries the VAE (``agent.aux``), so its weights travel and load with the agent's.
     vae_module: VAEAux | None = getattr(agent, "aux", None) if vae is not None else None
-    if vae is not None and vae_module is None:  # called with a vae config but a cfg whose --aux is none
-        agent.aux = VAEAux(agent.encoder.output_dim, obs_shape, vae).to(device)
-        vae_module = agent.aux
     vae_scales = None if vae is None else vae_scales_of(vae)
     params = list(agent.parameters())
     optimizer = torch.optim.Adam(
