@@ -6,9 +6,10 @@ compute ceiling (issue 12, "Speed"); also the measurements of ``benchmarks/impal
 
 - ``train_sps``: env steps learned per second between the end of the warm-up updates and the last update
   (start-up of Ray and of the actors excluded);
-- ``actor_sps``: env steps the actors delivered per second over the same window (from each record's
-  ``impala/actor_sps``, which counts from the actors' start: steps so far = actor_sps x elapsed, elapsed =
-  global_step / charts/SPS in a fresh run); ``actor_sps_since_start`` is the logged figure, start-up included;
+- ``actor_sps``: env steps the actors delivered to the learner (received unrolls, queued ones included) per
+  second over the same window, from each record's ``impala/actor_sps`` (counted from the actors' start: steps
+  so far = actor_sps x elapsed, elapsed = global_step / charts/SPS in a fresh run); it equals ``train_sps``
+  when the queue stays empty (an actor-bound run); ``actor_sps_since_start`` is the logged figure;
 - ``learner_sps``: env steps per second of learner compute inside the run (``impala/learner_sps``: batch steps /
   seconds inside ``learner_step``, median over the timed updates; the actors share the cores meanwhile);
 - ``ceiling_sps``: the same ``learner_step`` (forward, V-trace, backward, clip, Adam step) on a batch of the run's
