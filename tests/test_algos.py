@@ -188,6 +188,7 @@ def test_vae_auxiliary_loss_trains_under_on_policy_algorithms(tmp_path, algo):
     from safetensors.torch import load_file
 
     assert any(k.startswith("agent.aux.") for k in load_file(str(run / "model.safetensors")))
+    assert (run / "eval" / "vae_frames.npz").exists()  # the report's reconstruction grid (seed 002 Figs 3, 5)
 
 
 def test_vae_on_vector_observations_is_refused_before_a_run_exists(tmp_path):

@@ -11,6 +11,9 @@ Runs are grouped by method (seed 000's names: RL², DVE, Sparse DVE, from ``crit
   IQM and mean with stratified-bootstrap 95% CIs, and the probability of improvement of each method over RL²
   (rliable);
 - ``trajectories_<game>.png``: two methods on the same test level seeds (seed 000 Fig. 7);
+- ``table2_a2mc.md``: seed 004 Table 2's layout, when the runs hold ACKTR/A2MC/PPO/MC-PPO runs on MuJoCo
+  (issue 11 item 6; multiscene/analysis/paper_tables.py);
+- ``table1_impala.md``: seed 002 Table 1's layout, when the runs hold IMPALA or IMPALA+VAE runs (issue 12 item 6);
 - ``index.html``: all of the above on one page.
 """
 
@@ -30,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from multiscene.analysis import figures, stats
+from multiscene.analysis import figures, paper_tables, stats
 from multiscene.analysis.report import (
     Section,
     episode_rows,
@@ -442,9 +445,10 @@ def build_comparison(run_dirs: list[Path], out_dir: Path, opts: CompareOptions =
             traj_section.text.append(f"{game}: {result['note']}.")
     sections.append(traj_section)
 
+    paper_markdown = write_paper_tables(groups, out_dir, summary, sections)
     summary["figures"] = sorted(f for s in sections for f in s.figures)
     partial = [p for p, r in summary["runs"].items() if r["partial"]]
-    header = [f"<pre>{html.escape(markdown)}</pre>"]
+    header = [f"<pre>{html.escape(text)}</pre>" for text in (markdown, *paper_markdown)]
     if partial:
         header.append("<div class='partial'><b>Partial runs:</b><ul>" + "".join(
             f"<li>{html.escape(p)}: {html.escape('; '.join(summary['runs'][p]['problems']))}</li>" for p in partial)
@@ -453,6 +457,43 @@ def build_comparison(run_dirs: list[Path], out_dir: Path, opts: CompareOptions =
     summary = jsonable(summary)
     atomic_write_bytes(out_dir / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
     return summary
+
+
+PAPER_TABLE_FILES: tuple[str, ...] = ("table2_a2mc.md", "table1_impala.md")
+"""The papers' layouts compare writes when the runs fit them (and prints after Table 1)."""
+
+
+def write_paper_tables(groups: dict[str, dict[str, list[RunData]]], out_dir: Path, summary: dict[str, Any],
+                       sections: list[Section]) -> list[str]:
+    """Seed 004 Table 2 and seed 002 Table 1 where the runs hold their methods: the markdown files, a summary
+    entry and a page section each; returns the markdown texts written (none when no run fits)."""
+    from multiscene.rundir import atomic_write_bytes
+
+    written = []
+    for name in PAPER_TABLE_FILES:
+        (out_dir / name).unlink(missing_ok=True)  # of an earlier comparison of other runs
+    a2mc = paper_tables.a2mc_table2(groups)
+    if a2mc is not None:
+        text = "Seed 004 Table 2 layout (MuJoCo, final return)\n\n" + paper_tables.a2mc_table2_markdown(a2mc)
+        atomic_write_bytes(out_dir / "table2_a2mc.md", text.encode())
+        summary["table2_a2mc"] = a2mc
+        columns = list(a2mc[0])
+        sections.append(Section("Seed 004 Table 2: ACKTR vs A2MC, PPO vs MC-PPO", [], [(columns, [[r[c] for c in columns]
+                                                                                              for r in a2mc])], []))
+        written.append(text)
+    impala = paper_tables.impala_table1(groups)
+    if impala is not None:
+        text = "Seed 002 Table 1 layout (held-out levels)\n\n" + paper_tables.impala_table1_markdown(impala)
+        atomic_write_bytes(out_dir / "table1_impala.md", text.encode())
+        summary["table1_impala"] = impala
+        table_rows = [[r["game"], r["method"], *[(r["cell"] or {}).get(k) for k in ("mean", "variance", "max", "min",
+                                                                                    "episodes")],
+                       *(r["seed"] or (None,) * 4)] for r in impala]
+        sections.append(Section("Seed 002 Table 1: IMPALA vs IMPALA+VAE", [], [(
+            ["game", "method", "mean", "variance", "max", "min", "episodes", "seed mean", "seed variance",
+             "seed max", "seed min"], table_rows)], []))
+        written.append(text)
+    return written
 
 
 def main(argv: list[str]) -> int:
@@ -484,5 +525,10 @@ def main(argv: list[str]) -> int:
     if partial:
         print(f"multiscene compare: {len(partial)} partial run(s): {', '.join(partial)}", file=sys.stderr)
     print((ns.out / "table1.md").read_text(), end="")
-    print(f"written: {ns.out} (table1.md, table1.csv, summary.json, index.html, {len(summary['figures'])} figures)")
+    papers = [name for name in PAPER_TABLE_FILES if (ns.out / name).exists()]
+    for name in papers:
+        print()
+        print((ns.out / name).read_text(), end="")
+    print(f"written: {ns.out} (table1.md, table1.csv, {''.join(n + ', ' for n in papers)}summary.json, index.html, "
+          f"{len(summary['figures'])} figures)")
     return 0

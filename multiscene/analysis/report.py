@@ -10,7 +10,9 @@ every number the page shows. Everything is rebuilt from files in the run directo
 - DVE clusters: argmax states, t-SNE of their core latents, example frames per cluster, cluster/level purity
   (seed 000 Fig. 6);
 - Pearson r between inverse confusion 1/delta and episode return (seed 000 Fig. 3);
-- trajectories: the MiniGrid agent path over the level, or a Procgen filmstrip (seed 000 Fig. 7).
+- trajectories: the MiniGrid agent path over the level, or a Procgen filmstrip (seed 000 Fig. 7);
+- with ``--aux vae``: the -ELBO curve (``losses/vae_recon + losses/vae_kl``) and frames from training and
+  held-out levels next to their reconstructions (eval/vae_frames.npz; seed 002 Figs 3 and 5; issue 12).
 """
 
 from __future__ import annotations
@@ -33,7 +35,8 @@ MINIGRID_DEFAULT_TILE = 32
 """minigrid's TILE_PIXELS: the tile size of a full-grid render when the env module does not say otherwise."""
 
 REPORT_FIGURES = ("learning_curves.png", "confusion.png", "contribution.png", "value_error.png", "clusters_tsne.png",
-                  "cluster_frames.png", "confusion_return.png", "trajectories.png")
+                  "cluster_frames.png", "confusion_return.png", "trajectories.png", "vae_elbo.png",
+                  "vae_reconstructions.png")
 """Every figure a report can hold (which ones it holds depends on the critic and on what the run recorded)."""
 
 
@@ -392,6 +395,73 @@ def trajectory_section(run: RunData, out: Path, opts: ReportOptions) -> tuple[Se
     return section, summary
 
 
+def neg_elbo_series(run: RunData) -> tuple[np.ndarray, np.ndarray]:
+    """(global_step, -ELBO) per logged update: ``losses/vae_recon + losses/vae_kl`` where both are logged in
+    the same record (multiscene/auxloss/vae.py: their sum is -ELBO per frame, unscaled by --vae.coef/beta)."""
+    xs, ys = [], []
+    for record in run.metrics:
+        recon, kl = record.get("losses/vae_recon"), record.get("losses/vae_kl")
+        if all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in (recon, kl)):
+            if "global_step" in record:
+                xs.append(float(record["global_step"]))
+                ys.append(float(recon) + float(kl))  # type: ignore[arg-type]
+    return np.asarray(xs), np.asarray(ys)
+
+
+VAE_SPLIT_NAMES: dict[str, str] = {"train": "training levels", "test": "held-out levels"}
+
+
+def vae_section(run: RunData, out: Path, opts: ReportOptions) -> tuple[Section, dict[str, Any]] | None:
+    """-ELBO over training and frames next to their reconstructions (seed 002 Figs 3 and 5); None unless the
+    run has --aux vae or logged VAE terms."""
+    from multiscene.auxloss.vae import VAE_FRAMES_FILE
+
+    x, neg_elbo = neg_elbo_series(run)
+    if run.aux != "vae" and not len(x):
+        return None
+    section = Section("VAE: -ELBO and reconstructions (seed 002 Figs 3 and 5)", [], [], [])
+    summary: dict[str, Any] = {"neg_elbo": {"points": int(len(x)), "first": float(neg_elbo[0]) if len(x) else None,
+                                            "last": float(neg_elbo[-1]) if len(x) else None}}
+    if len(x):
+        lines = {"-ELBO (reconstruction + KL)": (x, neg_elbo),
+                 "reconstruction": run.series("losses/vae_recon"), "KL": run.series("losses/vae_kl")}
+        figures.learning_curves({"-ELBO per frame (nats)": lines}, out / "vae_elbo.png", run.label,
+                                smooth_window=opts.smooth)
+        section.figures.append("vae_elbo.png")
+        section.text.append("-ELBO = Bernoulli reconstruction loss summed over pixels + KL to N(0, I) summed over "
+                            f"latent dims, mean over the batch's frames, unscaled by --vae.coef/--vae.beta; "
+                            f"smoothed over {opts.smooth} updates.")
+    else:
+        section.text.append("metrics.jsonl holds no losses/vae_recon and losses/vae_kl: no -ELBO curve.")
+    path = run.path / "eval" / VAE_FRAMES_FILE
+    if path.exists():
+        with np.load(path) as data:
+            arrays = {k: np.asarray(data[k]) for k in data.files}
+        rows: dict[str, list[tuple[np.ndarray, str]]] = {}
+        summary["frames"] = {}
+        for split, name in VAE_SPLIT_NAMES.items():
+            frames, recon = arrays.get(f"{split}_frames"), arrays.get(f"{split}_recon")
+            if frames is None or recon is None or len(frames) == 0:
+                continue
+            n = min(len(frames), len(recon), opts.filmstrip_frames)
+            rows[f"{name}\nframe"] = [(frames[i], f"#{i}") for i in range(n)]
+            rows[f"{name}\nreconstruction"] = [(recon[i], f"#{i}") for i in range(n)]
+            # Mean absolute pixel error in [0, 255]: one number to compare training and held-out levels by.
+            error = np.abs(frames[:n].astype(np.float64) - recon[:n].astype(np.float64)).mean()
+            summary["frames"][split] = {"frames": int(len(frames)), "drawn": n, "pixel_mae": float(error)}
+        if rows:
+            figures.frame_strips(rows, out / "vae_reconstructions.png",
+                                 f"{run.label}: frames and reconstructions (decoded from the mean of z)")
+            section.figures.append("vae_reconstructions.png")
+            section.tables.append((["levels", "frames", "mean |frame - reconstruction| (0-255)"],
+                                   [[VAE_SPLIT_NAMES[s], v["frames"], v["pixel_mae"]]
+                                    for s, v in summary["frames"].items()]))
+    else:
+        section.text.append(f"No eval/{VAE_FRAMES_FILE} (written at the end of training): no reconstructions.")
+        summary["frames"] = None
+    return section, summary
+
+
 # ----------------------------------------------------------------------------------------------------------
 # The page
 
@@ -446,6 +516,7 @@ def build_report(run_dir: Path | str, opts: ReportOptions = ReportOptions()) -> 
         ("clusters", lambda: cluster_section(run, out, opts)),
         ("inverse_confusion_return", lambda: correlation_section(run, out)),
         ("trajectories", lambda: trajectory_section(run, out, opts)),
+        ("vae", lambda: vae_section(run, out, opts)),
     ]
     for key, build in builders:
         built = build()

@@ -21,7 +21,12 @@ from multiscene.config import ConfigError
 SPLITS: tuple[str, ...] = ("train", "test")
 METHOD_NAMES: dict[str, str] = {"scalar": "RL²", "dve": "DVE", "sparse-dve": "Sparse DVE"}
 """Table 1 column names of seed 000 for each ``--critic``."""
-METHOD_ORDER: tuple[str, ...] = ("RL²", "DVE", "Sparse DVE")
+METHOD_ORDER: tuple[str, ...] = ("RL²", "DVE", "Sparse DVE", "ACKTR", "A2MC", "PPO", "MC-PPO", "A2C", "IMPALA",
+                                  "IMPALA+VAE")
+"""Column order: seed 000's three methods, then seed 004's Table 2 pairs, then seed 002's Table 1 pair."""
+ALGO_NAMES: dict[str, str] = {"acktr": "ACKTR", "a2c": "A2C", "ppo": "PPO", "impala": "IMPALA"}
+MULTI_CRITIC_NAMES: dict[str, str] = {"acktr": "A2MC", "ppo": "MC-PPO", "a2c": "A2MC (A2C)"}
+"""Seed 004's names for ``--critic multi`` per ``--algo`` (A2MC is multi-critic ACKTR, §6; MC-PPO §6.2)."""
 
 
 class RunDataError(ConfigError):
@@ -52,9 +57,37 @@ class RunData:
         return str(self.config["critic"])
 
     @property
+    def algo(self) -> str:
+        """``--algo`` of the run (runs written before the algorithm axis existed were PPO)."""
+        return str(self.config.get("algo", "ppo"))
+
+    @property
+    def aux(self) -> str:
+        """``--aux`` of the run ("none" when the run predates auxiliary losses)."""
+        return str(self.config.get("aux", "none") or "none")
+
+    @property
     def method(self) -> str:
-        """Seed 000's name for the critic: RL², DVE or Sparse DVE (other critics keep their own name)."""
-        return METHOD_NAMES.get(self.critic, self.critic)
+        """The paper's name for the run's method, so that compare groups runs the way the papers' tables do.
+
+        PPO on Procgen/MiniGrid keeps seed 000's critic names (RL², DVE, Sparse DVE). ``--critic multi`` is
+        seed 004's A2MC (with ACKTR) or MC-PPO (with PPO); a scalar critic with ACKTR, A2C, or PPO on other env
+        families is the algorithm's name. IMPALA is seed 002's baseline; ``--aux vae`` appends "+VAE"
+        (IMPALA+VAE, seed 002 Table 1). A non-scalar critic with these algorithms is named in parentheses.
+        """
+        from multiscene.presets import env_family
+
+        algo, critic = self.algo, self.critic
+        first_env = self.env.split(",")[0]
+        if critic == "multi":
+            name = MULTI_CRITIC_NAMES.get(algo, f"multi-critic {algo}")
+        elif algo == "ppo" and (critic != "scalar" or env_family(first_env) in ("procgen", "minigrid")):
+            name = METHOD_NAMES.get(critic, critic)
+        else:
+            name = ALGO_NAMES.get(algo, algo)
+            if critic != "scalar":
+                name += f" ({METHOD_NAMES.get(critic, critic)})"
+        return name + "+VAE" if self.aux == "vae" else name
 
     @property
     def seed(self) -> int:

@@ -117,11 +117,17 @@ def run_metrics(run_dir: Path) -> dict[str, float]:
     from multiscene.analysis.stats import value_error
 
     final = json.loads((run_dir / "eval" / "final.json").read_text())
+
+    def number(split: str, key: str) -> float:
+        # eval/final.json holds null where no evaluation episode finished (a tiny or capped evaluation).
+        value = (final.get(split) or {}).get(key)
+        return math.nan if value is None else float(value)
+
     out = {
-        "test_return": float(final["test"]["return_mean"]),
-        "train_return": float(final["train"]["return_mean"]),
-        "test_length": float(final["test"]["length_mean"]),
-        "train_length": float(final["train"]["length_mean"]),
+        "test_return": number("test", "return_mean"),
+        "train_return": number("train", "return_mean"),
+        "test_length": number("test", "length_mean"),
+        "train_length": number("train", "length_mean"),
         "test_value_error": math.nan,
         "test_confusion": math.nan,
     }

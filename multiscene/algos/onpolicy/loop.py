@@ -330,6 +330,12 @@ def _train(cfg: TrainConfig, algo: OnPolicyAlgorithm, ctx: dist.DistContext, dev
             logger.close()
             envs.close()
 
+    if cfg.aux == "vae" and ctx.is_main:
+        # Seed 002 Figs 3 and 5: frames of training and held-out levels next to their reconstructions, read by
+        # `multiscene report` (issue 12 item 5); the IMPALA loop writes the same file after its final evaluation.
+        from multiscene.auxloss.vae import write_reconstructions
+
+        write_reconstructions(agent.encoder, agent.aux, cfg, device, run_dir)
     if not cfg.final_eval or not ctx.is_main:
         return run_dir
     cap = final_eval_step_cap(cfg)
