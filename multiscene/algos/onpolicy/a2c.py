@@ -24,8 +24,8 @@ from multiscene.algos.onpolicy.base import (
     Snapshot,
     UpdateResult,
     add_aux_terms,
+    backward_and_clip,
     critic_diagnostics,
-    first_nonfinite,
     param_groups,
 )
 from multiscene.algos.onpolicy.ppo import masked_mean, normalize_advantages
@@ -128,24 +128,14 @@ class A2C(OnPolicyAlgorithm):
             out = inputs.forward(agent, slice(None))
         loss, metrics = a2c_loss(out, agent, rollout, adv, cfg, device)
         loss, critic_out = add_aux_terms(loss, metrics, agent, out, inputs.obs, inputs.first, aux_scales)
-        from multiscene.scale import distributed
-
-        # Under torchrun the ranks skip together and step with the mean gradient of the global batch (issue 15).
-        bad = distributed.agree_on_bad_term(first_nonfinite({**metrics, "loss": loss}))
-        if bad is None:
-            optimizer.zero_grad(set_to_none=True)
-            self.before_backward(agent, optimizer, out, metrics, cfg)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            distributed.average_gradients(agent.parameters())
-            grad_norm = torch.nn.utils.clip_grad_norm_(agent.parameters(), cfg.max_grad_norm)
-            if not torch.isfinite(grad_norm):
-                bad = "gradients"
+        bad, grad_norm = backward_and_clip(
+            agent, optimizer, loss, metrics, cfg, lambda: self.before_backward(agent, optimizer, out, metrics, cfg)
+        )
         if bad is not None:
             snapshot.restore()
             return UpdateResult({}, skipped=True, bad_term=bad)
         optimizer.step()
-        metrics["losses/grad_norm"] = grad_norm.detach()
+        metrics["losses/grad_norm"] = grad_norm.detach()  # type: ignore[union-attr]
         metrics.update(self.step_metrics(optimizer))
         metrics.update(critic_diagnostics(agent, critic_out, inputs.first))
         return UpdateResult({k: float(v) for k, v in metrics.items()}, skipped=False, bad_term=None)

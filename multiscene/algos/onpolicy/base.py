@@ -182,6 +182,35 @@ def as_single_steps(rollout: Rollout, adv: Advantages) -> tuple[Rollout, Advanta
     return dataclasses.replace(rollout, **changes), Advantages(*(flat(x) for x in adv))  # type: ignore[arg-type]
 
 
+def backward_and_clip(
+    agent: Agent,
+    optimizer: torch.optim.Optimizer,
+    loss: torch.Tensor,
+    metrics: dict[str, torch.Tensor],
+    cfg: TrainConfig,
+    before_backward: Any = None,
+) -> tuple[str | None, torch.Tensor | None]:
+    """The gradient step's first half, shared by every on-policy update: name a non-finite loss term (every
+    rank agrees under torchrun, issue 15), back-propagate (after ``before_backward()``, where ACKTR records its
+    Fisher statistics), average gradients over ranks, clip. Returns (bad term or None, gradient norm); the caller
+    restores its snapshot when a term is bad, else steps the optimizer."""
+    from multiscene.scale import distributed
+
+    bad = distributed.agree_on_bad_term(first_nonfinite({**metrics, "loss": loss}))  # name the term, not the total
+    grad_norm = None
+    if bad is None:
+        optimizer.zero_grad(set_to_none=True)
+        if before_backward is not None:
+            before_backward()
+            optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        distributed.average_gradients(agent.parameters())
+        grad_norm = torch.nn.utils.clip_grad_norm_(agent.parameters(), cfg.max_grad_norm)
+        if not torch.isfinite(grad_norm):
+            bad = "gradients"
+    return bad, grad_norm
+
+
 def first_nonfinite(terms: dict[str, torch.Tensor]) -> str | None:
     for name, value in terms.items():
         if not bool(torch.isfinite(value).all()):

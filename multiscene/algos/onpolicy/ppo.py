@@ -16,8 +16,8 @@ from multiscene.algos.onpolicy.base import (
     UpdateResult,
     add_aux_terms,
     as_single_steps,
+    backward_and_clip,
     critic_diagnostics,
-    first_nonfinite,
 )
 
 if TYPE_CHECKING:
@@ -166,20 +166,12 @@ class PPO(OnPolicyAlgorithm):
                 )
                 first = inputs.first[:, mb]
                 loss, critic_out = add_aux_terms(loss, metrics, agent, out, inputs.obs[:, mb], first, aux_scales)
-                bad = first_nonfinite({**metrics, "loss": loss})  # name the loss term, not just the total
-                bad = distributed.agree_on_bad_term(bad)
-                if bad is None:
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    distributed.average_gradients(agent.parameters())
-                    grad_norm = torch.nn.utils.clip_grad_norm_(agent.parameters(), cfg.max_grad_norm)
-                    if not torch.isfinite(grad_norm):
-                        bad = "gradients"
+                bad, grad_norm = backward_and_clip(agent, optimizer, loss, metrics, cfg)
                 if bad is not None:
                     snapshot.restore()
                     return UpdateResult({}, skipped=True, bad_term=bad)
                 optimizer.step()
-                metrics["losses/grad_norm"] = grad_norm.detach()
+                metrics["losses/grad_norm"] = grad_norm.detach()  # type: ignore[union-attr]
                 metrics.update(critic_diagnostics(agent, critic_out, first))
                 for k, v in metrics.items():
                     sums[k] = sums.get(k, 0.0) + float(v)
