@@ -192,6 +192,15 @@ def test_ray_run_survives_a_killed_actor_and_resumes(tmp_path: Path) -> None:
             if update == 2:
                 killed_pid.append(ray.get(pool.handles[0].ping.remote()))
                 pool.kill_actor(0)
+                # Take in actor 0's requests until the pool has seen the death (a failed request, or an unroll from
+                # a new process): on a loaded machine the learner could otherwise finish the budget on actor 1's
+                # unrolls alone. An unroll that finished just before the kill arrives first.
+                deadline = time.time() + 120
+                while pool.restarts == 0 and time.time() < deadline:
+                    refs = [ref for ref, index in pool.inflight.items() if index == 0]
+                    done, _ = ray.wait(refs, num_returns=len(refs), timeout=5)
+                    for ref in done:
+                        pool._receive(ref)
             if update == 8:  # the last update: the killed actor must be back, in a new process
                 deadline = time.time() + 120
                 while not new_pid and time.time() < deadline:
