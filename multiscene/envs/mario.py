@@ -184,11 +184,18 @@ class MarioVecEnv:
         out, self._extras = self._extras, []
         return out
 
+    restores_exactly = False
+    """The NES emulator's state cannot be pickled: ``--resume`` restarts every env on a new episode."""
+
     def get_state(self) -> Any:
-        raise NotImplementedError("the NES emulator state cannot be pickled")
+        """What can be saved: the id and size (the emulator's state cannot be pickled; see restores_exactly)."""
+        return {"env_id": self.env_id, "num_envs": self.num_envs}
 
     def set_state(self, state: Any) -> None:
-        raise NotImplementedError("the NES emulator state cannot be restored")
+        """Checks the snapshot belongs to this env set; the caller then resets (``restores_exactly`` is False)."""
+        from multiscene.envs.base import check_state_matches
+
+        check_state_matches(state, self.env_id, self.num_envs)
 
     def render(self) -> np.ndarray:
         """[B, 240, 256, 3] RGB screens."""

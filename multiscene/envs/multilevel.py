@@ -148,6 +148,11 @@ class MultiLevelVecEnv:
         out, self._extras = self._extras, []
         return out
 
+    @property
+    def restores_exactly(self) -> bool:
+        """False when a sub-env cannot snapshot its state (Mario's emulator): a resume then restarts episodes."""
+        return not any(name.startswith("mario:") for name in self.level_names)
+
     def get_state(self) -> dict[str, Any]:
         """Every built instance's own snapshot (NotImplementedError where one cannot, e.g. Mario), the picks."""
         return {

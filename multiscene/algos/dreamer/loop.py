@@ -320,10 +320,8 @@ def train(cfg: TrainConfig, dreamer: DreamerConfig, init_from: str | None = None
     logger = MetricsLogger(run_dir, tensorboard=cfg.tensorboard, purge_step=global_step if resume else None)
 
     def checkpoint() -> None:
-        try:
-            env_state = envs.get_state()
-        except (NotImplementedError, TypeError):
-            env_state = None  # an env that cannot snapshot itself (Mario's emulator): episodes restart
+        # An env that cannot snapshot itself (Mario's emulator) saves None: its episodes restart on resume.
+        env_state = envs.get_state() if getattr(envs, "restores_exactly", True) else None
         state = {
             "learner": learner.state_dict(),
             "replay": replay.state_dict(dreamer.checkpoint_replay_steps),
