@@ -25,7 +25,6 @@ share one implementation.
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import pickle
 import statistics
@@ -155,11 +154,9 @@ class ImpalaThroughputResult:
 
     def lines(self) -> list[str]:
         """``name: value`` lines, the format the command prints (as ``bench throughput`` for on-policy)."""
-        out = []
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            out.append(f"{f.name}: {value:.4g}" if isinstance(value, float) else f"{f.name}: {value}")
-        return out
+        from multiscene.bench.throughput import result_lines
+
+        return result_lines(self)
 
 
 def run_impala_throughput(cfg: TrainConfig, updates: int, warmup_updates: int = 1,

@@ -36,6 +36,16 @@ from multiscene.envs import check_env_id, make_env
 from multiscene.runtime import env_spec, make_agent, resolve_device, seed_everything
 
 
+def result_lines(result: Any) -> list[str]:
+    """A bench result dataclass as ``name: value`` lines (4 significant digits for floats): the format every
+    bench command prints and the tests parse."""
+    out = []
+    for f in dataclasses.fields(result):
+        value = getattr(result, f.name)
+        out.append(f"{f.name}: {value:.4g}" if isinstance(value, float) else f"{f.name}: {value}")
+    return out
+
+
 @dataclass(frozen=True)
 class ThroughputResult:
     """One config's figures; every rate is env steps per second."""
@@ -66,11 +76,7 @@ class ThroughputResult:
 
     def lines(self) -> list[str]:
         """``name: value`` lines, the format the command prints and the tests parse."""
-        out = []
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            out.append(f"{f.name}: {value:.4g}" if isinstance(value, float) else f"{f.name}: {value}")
-        return out
+        return result_lines(self)
 
 
 def _sync(device: torch.device) -> None:

@@ -56,11 +56,9 @@ class UpdateCost:
 
     def lines(self) -> list[str]:
         """``name: value`` lines, the format the command prints."""
-        out = []
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            out.append(f"{f.name}: {value:.4g}" if isinstance(value, float) else f"{f.name}: {value}")
-        return out
+        from multiscene.bench.throughput import result_lines
+
+        return result_lines(self)
 
 
 def _time_updates(algo_name: str, base_cfg: TrainConfig, agent: torch.nn.Module, rollout: object, adv: object,
