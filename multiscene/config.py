@@ -135,6 +135,10 @@ class CommonConfig:
     """Width of the encoder output and of the LSTM."""
     prev_action_reward: bool = True
     """Feed the previous action and reward to the core (seed 002; SPEC §2)."""
+    value_net: Literal["shared", "separate"] = "shared"
+    """shared: the critic heads read the policy's encoder and core (one trunk, SPEC §2); separate: the critic
+    has its own encoder of the same kind (CleanRL's ppo_continuous_action and baselines' MuJoCo agents have
+    separate actor and critic MLPs). separate needs --core none."""
 
     # PPO (CleanRL names)
     learning_rate: float = 5e-4
@@ -359,6 +363,11 @@ def validate(cfg: TrainConfig) -> None:
                  "max_nonfinite_updates", "hidden_size"):
         if getattr(cfg, name) <= 0:
             raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {getattr(cfg, name)}.")
+    if cfg.value_net == "separate" and cfg.core != "none":
+        raise ConfigError(
+            "--value-net separate needs --core none (a separate critic trunk is an encoder of its own; with an "
+            "LSTM core the critic reads the shared recurrent state); got --core " + cfg.core + "."
+        )
     if cfg.bootstrap_truncation:
         from multiscene.envs import knows_truncation
 

@@ -15,7 +15,13 @@ class RunningMeanStd:
         self.count = epsilon
 
     def update(self, x: np.ndarray) -> None:
-        batch_mean, batch_var, batch_count = float(np.mean(x)), float(np.var(x)), x.size
+        # np.mean / np.var's arithmetic (sum / n; mean of squared deviations) without their Python layers:
+        # called once per env step.
+        flat = x.reshape(-1)
+        batch_count = flat.size
+        batch_mean = float(np.add.reduce(flat)) / batch_count
+        centred = flat - batch_mean
+        batch_var = float(np.add.reduce(centred * centred)) / batch_count
         delta = batch_mean - self.mean
         total = self.count + batch_count
         self.mean += delta * batch_count / total
@@ -79,11 +85,16 @@ class RunningObsNorm(torch.nn.Module):
         """x [N, *shape]: merge the batch's moments (Chan et al.'s parallel update, as RunningMeanStd).
 
         Called once per env step by the collector: on the CPU the arithmetic runs in numpy on views of the
-        buffers, which costs a fraction of a dozen small torch ops (benchmarks/ppo_mujoco_vs_cleanrl.py)."""
+        buffers (the same float64 operations as ``np.mean``/``np.var``, without their Python layers), which costs
+        a fraction of a dozen small torch ops (benchmarks/ppo_mujoco_vs_cleanrl.py)."""
         if self.mean.device.type == "cpu":
-            xs = x.detach().cpu().numpy().astype(np.float64, copy=False)
+            xs = x.detach().numpy() if x.device.type == "cpu" else x.detach().cpu().numpy()
+            xs = xs.astype(np.float64, copy=False)
+            n = xs.shape[0]
             mean, var, count = self.mean.numpy(), self.var.numpy(), float(self.count)
-            batch_mean, batch_var, n = xs.mean(axis=0), xs.var(axis=0), xs.shape[0]
+            batch_mean = np.add.reduce(xs, axis=0) / n
+            centred = xs - batch_mean
+            batch_var = np.add.reduce(centred * centred, axis=0) / n
             delta = batch_mean - mean
             total = count + n
             m2 = var * count + batch_var * n + delta**2 * count * n / total
@@ -101,5 +112,10 @@ class RunningObsNorm(torch.nn.Module):
         self.count.fill_(float(total))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type == "cpu" and self.mean.device.type == "cpu" and not torch.is_grad_enabled():
+            # The collector's per-step call: the same float64 arithmetic in numpy, a few microseconds.
+            xs = x.numpy().astype(np.float64, copy=False)
+            out = (xs - self.mean.numpy()) / np.sqrt(self.var.numpy() + self.epsilon)
+            return torch.from_numpy(np.clip(out, -self.clip, self.clip).astype(np.float32))
         out = (x.to(torch.float64) - self.mean) / torch.sqrt(self.var + self.epsilon)
         return out.clamp(-self.clip, self.clip).to(torch.float32)

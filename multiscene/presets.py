@@ -181,11 +181,13 @@ def acktr_atari() -> TrainConfig:
 
 
 def ppo_mujoco() -> TrainConfig:
-    """CleanRL ppo_continuous_action.py's settings (truncation treated as termination, as there): MLP 64x64 tanh, Gaussian policy with state-independent
+    """CleanRL ppo_continuous_action.py's settings (truncation treated as termination, as there): separate actor and
+    critic MLPs 64x64 tanh, Gaussian policy with state-independent
     log-std, 1 env x 2048 steps, 32 minibatches of transitions x 10 epochs, lr 3e-4 annealed, gamma 0.99,
     lambda 0.95, clip 0.2, no entropy bonus, observation and reward normalization, 1M steps."""
     return TrainConfig(
         preset="ppo-mujoco", env="HalfCheetah-v5", bootstrap_truncation=False, algo="ppo", critic="scalar", core="none",
+        value_net="separate",
         prev_action_reward=False, hidden_size=64, num_envs=1, num_steps=2048, total_timesteps=1_000_000,
         learning_rate=3e-4, anneal_lr=True, num_minibatches=32, minibatch_by="step", update_epochs=10,
         clip_coef=0.2, ent_coef=0.0, vf_coef=0.5, max_grad_norm=0.5, gamma=0.99, gae_lambda=0.95,

@@ -64,6 +64,9 @@ class Agent(nn.Module):
         # CleanRL's actor heads.
         self.policy = layer_init(nn.Linear(self.core.output_dim, num_actions), gain=0.01)
         self.critic = make_critic(cfg, core_dim=self.core.output_dim, encoder_dim=enc_dim)
+        # --value-net separate: the critic heads read an encoder of their own (the core is the identity then).
+        self.value_encoder = (make_encoder(self.obs_shape, cfg.hidden_size, obs_dtype, name=cfg.encoder)
+                              if getattr(cfg, "value_net", "shared") == "separate" else None)
         if continuous:
             self.log_std = nn.Parameter(torch.zeros(num_actions))
         if self.float_obs:
@@ -124,7 +127,11 @@ class Agent(nn.Module):
         features = self.encoder(obs.reshape(T * B, *self.obs_shape)).reshape(T, B, -1)
         core_out, state = self.core(features, first, prev_action, prev_reward, state)
         logits = self.policy(core_out)
-        critic_out = self.critic(core_out, features)
+        if self.value_encoder is None:
+            critic_out = self.critic(core_out, features)
+        else:
+            value_features = self.value_encoder(obs.reshape(T * B, *self.obs_shape)).reshape(T, B, -1)
+            critic_out = self.critic(value_features, value_features)
         extras = dict(critic_out.extras)
         extras["core_out"] = core_out
         extras["features"] = features
