@@ -174,8 +174,10 @@ class CommonConfig:
     """Divide rewards by a running std of the discounted return (same gamma)."""
     bootstrap_truncation: bool = True
     """At a time-limit truncation, bootstrap the return from the value of the episode's last observation
-    (issue 16); --no-bootstrap-truncation treats it as a termination, as CleanRL and train-procgen do (the
-    Procgen and CleanRL-parity presets). Envs that cannot tell truncation apart (Procgen) need it off."""
+    (issue 16; GAE, n-step and V-trace targets); --no-bootstrap-truncation treats it as a termination, as
+    CleanRL and train-procgen do (the Procgen and CleanRL-parity presets). Dreamer's discount head learns
+    continuation at a time limit either way; the flag stores the cut episode's final frame. Envs that cannot
+    tell truncation apart (Procgen) need it off."""
     target_kl: float | None = None
     """Stop the epochs of an update early past this approximate KL."""
 

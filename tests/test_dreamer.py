@@ -11,9 +11,11 @@ from scipy import stats
 
 from multiscene.algos.dreamer import DreamerConfig, validate_dreamer
 from multiscene.algos.dreamer.behavior import Behavior, lambda_returns
+from multiscene.algos.dreamer.replay import EpisodeBuilder, EpisodeReplay
 from multiscene.algos.dreamer.rssm import RSSM, categorical_kl, flatten_time, straight_through_sample
 from multiscene.algos.dreamer.world_model import WorldModel, kl_balance_loss
 from multiscene.config import ConfigError
+from multiscene.envs.base import EnvStep
 
 SMALL = DreamerConfig(size="small")
 
@@ -207,6 +209,79 @@ def test_terminal_start_states_carry_no_weight() -> None:
     start = wm.rssm.initial_state(4)
     actor_loss, critic_loss, _ = beh.losses(wm, start, torch.zeros(4), SMALL)
     assert actor_loss.item() == 0.0 and critic_loss.item() == 0.0
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Time limits (issue 16): the discount head learns continuation 1 at a time-limit cut, 0 only at a termination
+
+
+def scripted_episode_ends(bootstrap_truncation: bool) -> EpisodeReplay:
+    """Two envs (2x2 observations, 3 actions) stepped 4 times into a replay. The observation after step n of env b
+    is 10 (n + 1) + b; env 0 (level 5) is cut by a time limit after step 1, its final frame 99; env 1 (level 7)
+    both terminates and reaches its limit after step 2 (a termination; the env hands over a final frame 77
+    all the same) and terminates again after step 3."""
+    from multiscene.algos.dreamer.loop import store_step
+
+    replay = EpisodeReplay(capacity=100, seq_len=6, action_size=3, discrete=True)
+    builder = EpisodeBuilder(2, 3)
+    for b in range(2):
+        builder.start(b, np.full((2, 2), b + 1, np.uint8), level=5 + 2 * b)
+    cut = {(1, 0): 99, (2, 1): 77}
+    ends = {(1, 0): "cut", (2, 1): "both", (3, 1): "terminated"}
+    for n in range(4):
+        obs = np.stack([np.full((2, 2), 10 * (n + 1) + b, np.uint8) for b in range(2)])
+        truncated = np.array([ends.get((n, b)) in ("cut", "both") for b in range(2)])
+        terminated = np.array([ends.get((n, b)) in ("terminated", "both") for b in range(2)])
+        final_obs = None
+        if truncated.any():
+            final_obs = obs.copy()
+            for b in np.flatnonzero(truncated):
+                final_obs[b] = cut[(n, int(b))]
+        step = EnvStep(obs=obs, reward=np.full(2, n + 1.0, np.float32), terminated=terminated, truncated=truncated,
+                       first=terminated | truncated, level_seed=np.array([5, 7]), final_obs=final_obs)
+        store_step(builder, replay, step, np.eye(3, dtype=np.float32)[[n % 3, (n + 1) % 3]], bootstrap_truncation)
+    return replay
+
+
+@pytest.mark.parametrize("bootstrap_truncation", [False, True])
+def test_discount_labels_at_a_time_limit_cut_and_at_a_termination(bootstrap_truncation: bool) -> None:
+    """The replay's discount label is 1 at a cut and 0 at a termination, flag on or off (off: as before issue 16);
+    sampled sequences never show a valid 0 from the cut episode (its padding is invalid), while the padding after
+    a termination is valid and absorbing. With the flag, the cut episode ends on its true final frame."""
+    replay = scripted_episode_ends(bootstrap_truncation)
+    cut_ep, both_ep, terminated_ep = replay.episodes
+    assert (cut_ep.level, both_ep.level, terminated_ep.level) == (5, 7, 7)
+    np.testing.assert_array_equal(cut_ep.discount, [1, 1, 1])
+    np.testing.assert_array_equal(cut_ep.reward, [0, 1, 2])
+    assert [int(o[0, 0]) for o in cut_ep.obs] == [1, 10, 99 if bootstrap_truncation else 10]
+    np.testing.assert_array_equal(both_ep.discount, [1, 1, 1, 0])
+    assert [int(o[0, 0]) for o in both_ep.obs] == [2, 11, 21, 21]  # a termination: the frame 77 is not stored
+    np.testing.assert_array_equal(terminated_ep.discount, [1, 0])
+
+    batch = replay.sample(300, np.random.default_rng(0))
+    from_cut = batch.level == 5
+    assert from_cut.any() and (~from_cut).any()
+    assert (batch.discount[:, from_cut][batch.valid[:, from_cut]] == 1.0).all()
+    assert (batch.valid[:, from_cut] == ~batch.padded[:, from_cut]).all() and batch.padded[:, from_cut].any()
+    assert batch.valid[:, ~from_cut].all()
+    assert (batch.discount[:, ~from_cut][batch.padded[:, ~from_cut]] == 0.0).all()
+
+
+def test_world_model_learns_continuation_one_from_a_cut_episode() -> None:
+    """The discount term on sequences of a cut episode is the Bernoulli NLL of 'continue' (label 1) over the
+    valid steps only: no 0 label enters the loss from a time limit."""
+    replay = EpisodeReplay(capacity=100, seq_len=6, action_size=3, discrete=True)
+    replay.add(scripted_episode_ends(True).episodes[0])  # the cut episode only
+    batch = replay.sample(8, np.random.default_rng(1))
+    torch.manual_seed(0)
+    wm = WorldModel((2, 2), 3, SMALL)
+    args = [torch.as_tensor(x) for x in (batch.obs, batch.action, batch.reward, batch.discount, batch.first)]
+    valid = torch.as_tensor(batch.valid)
+    assert (~valid).any()
+    out = wm.loss(*args, SMALL, torch.Generator().manual_seed(1), valid)
+    unmasked = wm.loss(*args, SMALL, torch.Generator().manual_seed(1))
+    logits = wm.continuation_logits(RSSM.features(unmasked.posterior))
+    torch.testing.assert_close(out.terms["discount"], torch.nn.functional.softplus(-logits)[valid].mean())
 
 
 def test_slow_target_update() -> None:

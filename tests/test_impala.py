@@ -6,7 +6,9 @@ so they are marked slow. Everything else runs without Ray in seconds.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 import os
 import signal
 import subprocess
@@ -16,15 +18,27 @@ import time
 import uuid
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import tiny_config
+from test_vtrace import reference_vtrace
 from torch.distributions import Categorical
 
 from multiscene.algos.impala import ImpalaConfig, check_impala_config
 from multiscene.algos.impala.actors import ImpalaActor
-from multiscene.algos.impala.learner import impala_loss, learner_step, stack_unrolls
+from multiscene.algos.impala.learner import (
+    Unroll,
+    fold_time_limit_bootstrap,
+    forward_unroll,
+    impala_loss,
+    interleave_final_obs,
+    learner_step,
+    stack_unrolls,
+)
+from multiscene.algos.impala.vtrace import vtrace
 from multiscene.config import ConfigError
+from multiscene.envs.base import EnvStep
 from multiscene.gae import compute_gae
 from multiscene.logger import read_metrics
 from multiscene.models.agent import Agent
@@ -38,8 +52,8 @@ def small_cfg(run_dir: str, **changes: object):
     return tiny_config(run_dir, **base)
 
 
-def learner_and_actor(tmp_path: Path, critic: str = "scalar", envs: int = 3, T: int = 12):
-    cfg = small_cfg(str(tmp_path / "run"), critic=critic)
+def learner_and_actor(tmp_path: Path, critic: str = "scalar", envs: int = 3, T: int = 12, **changes: object):
+    cfg = small_cfg(str(tmp_path / "run"), critic=critic, **changes)
     impala = ImpalaConfig(num_actors=1, envs_per_actor=envs, unroll_length=T, batch_size=envs)
     torch.manual_seed(0)
     actor = ImpalaActor(cfg, impala, actor_index=0)
@@ -47,12 +61,21 @@ def learner_and_actor(tmp_path: Path, critic: str = "scalar", envs: int = 3, T: 
     return cfg, impala, agent, actor
 
 
-def test_zero_lag_gradient_equals_the_on_policy_a2c_gradient(tmp_path: Path) -> None:
+@pytest.mark.parametrize("bootstrap_truncation", [False, True])
+def test_zero_lag_gradient_equals_the_on_policy_a2c_gradient(tmp_path: Path, bootstrap_truncation: bool) -> None:
     """Actor weights = learner weights: V-trace targets are n-step returns and rho = 1, so the IMPALA loss must
-    have the gradient of A2C with GAE(lambda = 1) advantages on the same batch (same costs, same means)."""
-    cfg, impala, agent, actor = learner_and_actor(tmp_path)
+    have the gradient of A2C with GAE(lambda = 1) advantages on the same batch (same costs, same means).
+    --no-bootstrap-truncation: every episode end is a terminal (the loss before issue 16); with it, GAE
+    bootstraps the time-limit cuts from the final observations' values, computed here step by step."""
+    cfg, impala, agent, actor = learner_and_actor(tmp_path, bootstrap_truncation=bootstrap_truncation)
     unroll = actor.unroll([agent.state_dict()], version=0)
     assert unroll.dones.any(), "the unroll should cross an episode end (max_episode_steps 8 < T 12)"
+    if bootstrap_truncation:
+        assert unroll.truncated is not None and unroll.truncated.any(), "HiddenPayoff cut at 8 steps"
+        truncation = {"truncated": unroll.truncated, "final_values": final_values_step_by_step(agent, unroll)[..., 0]}
+    else:
+        assert unroll.truncated is None and unroll.final_obs is None
+        truncation = {}
 
     agent.zero_grad()
     loss, metrics = impala_loss(agent, unroll, cfg.gamma, impala, aux_scales={})
@@ -67,7 +90,7 @@ def test_zero_lag_gradient_equals_the_on_policy_a2c_gradient(tmp_path: Path) -> 
     dist = Categorical(logits=out.logits[:T])
     values = out.values[:T, :, 0]
     advantages, returns = compute_gae(unroll.rewards, values.detach(), unroll.dones, out.values[T, :, 0].detach(),
-                                      cfg.gamma, 1.0)
+                                      cfg.gamma, 1.0, **truncation)
     a2c = (-(dist.log_prob(unroll.actions) * advantages).mean()
            + impala.baseline_cost * 0.5 * (returns - values).pow(2).mean()
            - impala.entropy_cost * dist.entropy().mean())
@@ -108,6 +131,248 @@ def test_unrolls_carry_the_lstm_state_from_one_to_the_next(tmp_path: Path) -> No
     torch.testing.assert_close(first.obs[T], second.obs[0])
     stacked = stack_unrolls([first, second])
     assert stacked.actions.shape == (T, 4) and stacked.initial_state[0].shape[1] == 4
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Time limits (issue 16): V-trace bootstraps a time-limit cut from the value of the episode's final observation
+
+
+@torch.no_grad()
+def final_values_step_by_step(agent: Agent, unroll: Unroll) -> torch.Tensor:
+    """[T, B, H]: at each cut (t, b), V of the cut episode's final observation from the core state after step t
+    (the agent run one column at a time up to t, then one step on the final observation: not an episode start,
+    action a_t and reward r_t before it); 0 elsewhere. Independent of the learner's interleaving."""
+    T, B = unroll.actions.shape
+    assert unroll.truncated is not None and unroll.final_obs is not None
+    out = torch.zeros(T, B, agent.critic.num_heads)
+    k = 0
+    for b in range(B):
+        for t in range(T):
+            if not unroll.truncated[t, b]:
+                continue
+            col = slice(b, b + 1)
+            state = tuple(s[:, col] for s in unroll.initial_state)
+            before = agent(unroll.obs[: t + 1, col], unroll.first[: t + 1, col], unroll.prev_action[: t + 1, col],
+                           unroll.prev_reward[: t + 1, col], state)
+            last = agent(unroll.final_obs[k][None, None], torch.zeros(1, 1, dtype=torch.bool),
+                         unroll.actions[t, col][None], unroll.rewards[t, col][None], before.state)
+            out[t, b] = last.values[0, 0]
+            k += 1
+    assert k == unroll.final_obs.shape[0]
+    return out
+
+
+def scripted_unroll(agent: Agent, T: int = 7) -> Unroll:
+    """Three columns of random MiniGrid-shaped observations. Column 0: a time-limit cut after step 1 and a
+    termination after step 4; column 1: a cut after the last step (its bootstrap observation is the reset one);
+    column 2: no episode end. Actions, rewards and behaviour log-probs are random."""
+    g = torch.Generator().manual_seed(3)
+    B = 3
+    obs = torch.randint(0, 11, (T + 1, B, *agent.obs_shape), generator=g, dtype=torch.uint8)
+    dones = torch.zeros(T, B, dtype=torch.bool)
+    truncated = torch.zeros(T, B, dtype=torch.bool)
+    dones[1, 0] = truncated[1, 0] = True
+    dones[4, 0] = True
+    dones[T - 1, 1] = truncated[T - 1, 1] = True
+    actions = torch.randint(0, agent.num_actions, (T, B), generator=g)
+    rewards = torch.randn(T, B, generator=g)
+    first = torch.zeros(T + 1, B, dtype=torch.bool)
+    first[0] = True
+    first[1:] = dones
+    prev_action = torch.zeros(T + 1, B, dtype=torch.long)
+    prev_reward = torch.zeros(T + 1, B)
+    prev_action[1:] = torch.where(dones, 0, actions)
+    prev_reward[1:] = torch.where(dones, 0.0, rewards)
+    final_obs = torch.randint(0, 11, (2, *agent.obs_shape), generator=g, dtype=torch.uint8)
+    state = tuple(0.1 * torch.randn(s.shape, generator=g) for s in agent.initial_state(B, "cpu"))
+    return Unroll(
+        obs=obs, first=first, prev_action=prev_action, prev_reward=prev_reward, actions=actions,
+        behaviour_logp=-1.0 - torch.rand(T, B, generator=g), rewards=rewards, dones=dones,
+        level_seeds=torch.zeros(T + 1, B, dtype=torch.int64), initial_state=state, episodes=(), policy_version=0,
+        actor_index=0, actor_pid=0, actor_seconds=0.0, truncated=truncated, final_obs=final_obs,
+    )
+
+
+class ScriptedCuts:
+    """Two envs of MiniGrid-shaped observations with scripted episode ends, repeating every 7 steps: env 1 is cut
+    by a time limit after step 1, env 0 after steps 2 and 4; env 1 both terminates and reaches its limit after
+    step 3 (a termination: no bootstrap); env 0 terminates after step 5. The observation after step n is filled
+    with n + 1; a cut episode's final observation with 100 + 2n + b."""
+
+    num_envs, obs_shape, num_actions = 2, (7, 7, 3), 7
+    cuts = {(1, 1), (2, 0), (4, 0), (3, 1)}
+    terminations = {(3, 1), (5, 0)}
+
+    def __init__(self) -> None:
+        self.n = 0
+
+    def step(self, actions: np.ndarray) -> EnvStep:
+        t = self.n % 7
+        truncated = np.array([(t, b) in self.cuts for b in range(2)])
+        terminated = np.array([(t, b) in self.terminations for b in range(2)])
+        obs = np.full((2, *self.obs_shape), self.n + 1, dtype=np.uint8)
+        final_obs = None
+        if truncated.any():
+            final_obs = obs.copy()
+            for b in np.flatnonzero(truncated):
+                final_obs[b] = 100 + 2 * self.n + b
+        self.n += 1
+        return EnvStep(obs=obs, reward=np.full(2, 0.5 * t, np.float32), terminated=terminated, truncated=truncated,
+                       first=terminated | truncated, level_seed=np.zeros(2, np.int64), final_obs=final_obs)
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("bootstrap_truncation", [False, True])
+def test_actor_records_time_limit_cuts_and_their_final_observations(tmp_path: Path, bootstrap_truncation: bool) -> None:
+    """The actor marks the cuts (not a termination, even one on the step the limit is reached), keeps the final
+    observation of each cut episode (not the reset one) column by column, and stacking unrolls keeps that order.
+    --no-bootstrap-truncation records nothing, as before issue 16."""
+    cfg, impala, agent, actor = learner_and_actor(tmp_path, envs=2, T=7, bootstrap_truncation=bootstrap_truncation)
+    actor.envs.close()
+    actor.envs = ScriptedCuts()  # type: ignore[assignment]
+    weights = [agent.state_dict()]
+    first, second = actor.unroll(weights, 0), actor.unroll(weights, 0)
+    ends = torch.zeros(7, 2, dtype=torch.bool)
+    for t, b in ScriptedCuts.cuts | ScriptedCuts.terminations:
+        ends[t, b] = True
+    assert torch.equal(first.dones, ends) and torch.equal(second.dones, ends)
+    if not bootstrap_truncation:
+        assert first.truncated is None and first.final_obs is None
+        assert stack_unrolls([first, second]).truncated is None
+        return
+    expected = torch.zeros(7, 2, dtype=torch.bool)
+    expected[1, 1] = expected[2, 0] = expected[4, 0] = True
+    assert first.truncated is not None and first.final_obs is not None
+    assert torch.equal(first.truncated, expected)
+    # Column 0 first (steps 2, 4), then column 1 (step 1): not time order across columns.
+    assert [int(o.flatten()[0]) for o in first.final_obs] == [104, 108, 103]
+    assert all(bool((o == o.flatten()[0]).all()) for o in first.final_obs)
+    assert int(first.obs[3, 0].flatten()[0]) == 3  # the reset observation after the cut: step 2's obs
+    stacked = stack_unrolls([first, second])
+    assert stacked.truncated is not None and stacked.final_obs is not None
+    columns, steps = stacked.truncated.t().nonzero(as_tuple=True)
+    fills = [int(o.flatten()[0]) for o in stacked.final_obs]
+    assert fills == [100 + 2 * (int(t) + 7 * (int(b) // 2)) + int(b) % 2 for t, b in zip(steps, columns)]
+    with pytest.raises(ValueError, match="--bootstrap-truncation"):
+        stack_unrolls([first, dataclasses.replace(second, truncated=None, final_obs=None)])
+
+
+def test_vtrace_with_a_folded_time_limit_matches_a_hand_computation() -> None:
+    """T = 5, gamma = 0.5, a time-limit cut after step 1 (final value 8, head 2: 2) and a termination after
+    step 3. Folded rewards r' = r + gamma * V(final) at the cut; discounts 0 at both ends. Off-policy at t = 0
+    only (pi / mu = 0.5, so rho_0 = c_0 = 0.5). By hand, head 1 (V = 10, 20, 30, 40, 50; V(x_5) = 60):
+        v_4 = 5 + 0.5 * 60 = 35         v_3 = 4 (termination: nothing after it)   v_2 = 3 + 0.5 * 4 = 5
+        v_1 = 2 + 0.5 * 8 = 6 (the cut) v_0 = 10 + 0.5 * (1 + 0.5 * 20 - 10) + 0.5 * 0.5 * (6 - 20) = 7
+        A_0 = 0.5 * (1 + 0.5 * 6 - 10) = -3, A_1 = 6 - 20, A_2 = 3 + 0.5 * 4 - 30, A_3 = 4 - 40, A_4 = 35 - 50."""
+    gamma = 0.5
+    rewards = torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0], dtype=torch.float64)[:, None, None].repeat(1, 1, 2)
+    values = torch.stack([torch.tensor([10.0, 20, 30, 40, 50]), torch.tensor([0.0, 0, 0, 0, 0])], -1)[:, None]
+    values = values.double()
+    bootstrap = torch.tensor([[60.0, 4.0]], dtype=torch.float64)
+    dones = torch.tensor([0, 1, 0, 1, 0], dtype=torch.bool)[:, None]
+    truncated = torch.tensor([0, 1, 0, 0, 0], dtype=torch.bool)[:, None]
+    final_values = torch.full((5, 1, 2), float("nan"), dtype=torch.float64)  # read only at the cut
+    final_values[1, 0] = torch.tensor([8.0, 2.0])
+    behaviour = torch.full((5, 1), -1.0, dtype=torch.float64)
+    target = behaviour.clone()
+    target[0] += math.log(0.5)
+    folded = fold_time_limit_bootstrap(rewards, truncated, final_values, gamma)
+    vs, adv = vtrace(behaviour, target, folded, values, bootstrap, gamma * (1.0 - dones.double()))
+    torch.testing.assert_close(vs[:, 0, 0], torch.tensor([7.0, 6, 5, 4, 35], dtype=torch.float64))
+    torch.testing.assert_close(adv[:, 0, 0], torch.tensor([-3.0, -14, -25, -36, -15], dtype=torch.float64))
+    # Head 2 (V = 0, V(x_5) = 4, V(final) = 2): v_1 = 2 + 1, v_3 = 4, v_2 = 3 + 2, v_4 = 5 + 2,
+    # v_0 = 0 + 0.5 * (1 + 0) + 0.25 * 3.
+    torch.testing.assert_close(vs[:, 0, 1], torch.tensor([1.25, 3, 5, 4, 7], dtype=torch.float64))
+    # Without the fold the cut is a termination, as before issue 16: v_1 = 2.
+    plain, _ = vtrace(behaviour, target, rewards, values, bootstrap, gamma * (1.0 - dones.double()))
+    assert float(plain[1, 0, 0]) == 2.0
+
+
+def test_learner_evaluates_the_final_observation_from_the_state_after_the_cut(tmp_path: Path) -> None:
+    """One forward pass with the final observations interleaved: every real step's outputs are those of the plain
+    pass over the unroll, and the value at each cut is V(final observation) from the LSTM state after the cut
+    step (not the value of the reset observation that follows, and nothing at the termination)."""
+    cfg = small_cfg(str(tmp_path / "run"), critic="sparse-dve")
+    torch.manual_seed(0)
+    agent = Agent((7, 7, 3), 7, cfg)
+    with torch.no_grad():
+        for p in agent.critic.parameters():
+            p.mul_(30.0)  # values of order 1 rather than 0.01, so that different observations differ clearly
+    unroll = scripted_unroll(agent)
+    T = unroll.actions.shape[0]
+    with torch.no_grad():
+        fwd = forward_unroll(agent, unroll)
+        plain = agent(unroll.obs, unroll.first, unroll.prev_action, unroll.prev_reward, unroll.initial_state)
+    torch.testing.assert_close(fwd.values, plain.values, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(fwd.logits, plain.logits, atol=1e-5, rtol=1e-5)
+    assert set(fwd.extras) == set(plain.extras)
+    for name in plain.extras:
+        torch.testing.assert_close(fwd.extras[name], plain.extras[name], atol=1e-5, rtol=1e-5, msg=name)
+    torch.testing.assert_close(fwd.features, plain.extras["features"], atol=1e-5, rtol=1e-5)
+
+    expected = final_values_step_by_step(agent, unroll)
+    assert fwd.final_values is not None
+    torch.testing.assert_close(fwd.final_values, expected, atol=1e-5, rtol=1e-5)
+    cut = unroll.truncated
+    assert cut is not None and (fwd.final_values[~cut] == 0).all() and (fwd.final_values[cut] != 0).all()
+    # The reset observation after the cut, evaluated from the same state, has another value.
+    with torch.no_grad():
+        before = agent(unroll.obs[:2, :1], unroll.first[:2, :1], unroll.prev_action[:2, :1],
+                       unroll.prev_reward[:2, :1], tuple(s[:, :1] for s in unroll.initial_state))
+        reset = agent(unroll.obs[2:3, :1], torch.zeros(1, 1, dtype=torch.bool), unroll.actions[1:2, :1],
+                      unroll.rewards[1:2, :1], before.state)
+    assert abs(float(reset.values[0, 0, 0]) - float(fwd.final_values[1, 0, 0])) > 1e-3  # 100x the tolerance
+    # Interleaved layout: column 0 has one cut (its later steps move down one), column 1's final is at T + 1.
+    seq = interleave_final_obs(unroll)
+    assert seq.steps[:, 0].tolist() == [0, 1, *range(3, T + 2)] and seq.steps[:, 2].tolist() == list(range(T + 1))
+    assert seq.finals.tolist() == [2, T] and not seq.first[seq.finals, seq.cut_columns].any()
+    assert seq.first[3, 0] and torch.equal(seq.obs[seq.finals[0], 0], unroll.final_obs[0])
+
+
+def test_learner_loss_folds_the_final_values_and_leaves_terminations_alone(tmp_path: Path) -> None:
+    """impala_loss on the scripted unroll (off-policy behaviour log-probs) equals the loss written out from the
+    plain forward pass, the step-by-step final values and the reference V-trace; without the cut's record the
+    loss is the old one (the cut is a terminal) and differs; an unroll with no cut gives the same loss whether
+    or not it records cuts."""
+    cfg = small_cfg(str(tmp_path / "run"), critic="scalar")
+    impala = ImpalaConfig(num_actors=1, envs_per_actor=3, unroll_length=7, batch_size=3)
+    torch.manual_seed(0)
+    agent = Agent((7, 7, 3), 7, cfg)
+    unroll = scripted_unroll(agent)
+    T = unroll.actions.shape[0]
+
+    def hand_loss(final_values: torch.Tensor | None) -> torch.Tensor:
+        out = agent(unroll.obs, unroll.first, unroll.prev_action, unroll.prev_reward, unroll.initial_state)
+        dist = Categorical(logits=out.logits[:T])
+        logp = dist.log_prob(unroll.actions)
+        values = out.values[:T]
+        rewards = unroll.rewards
+        if final_values is not None:
+            rewards = rewards + cfg.gamma * final_values * unroll.truncated
+        discounts = (cfg.gamma * (1.0 - unroll.dones.double())).numpy()
+        vs, adv = reference_vtrace(unroll.behaviour_logp.double().numpy(), logp.detach().double().numpy(),
+                                   rewards.double().numpy(), values[..., 0].detach().double().numpy(),
+                                   out.values[T, :, 0].detach().double().numpy(), discounts, 1.0, 1.0)
+        vs_t, adv_t = torch.as_tensor(vs, dtype=torch.float32), torch.as_tensor(adv, dtype=torch.float32)
+        return (-(logp * adv_t).mean() + impala.baseline_cost * 0.5 * (vs_t - values[..., 0]).pow(2).mean()
+                - impala.entropy_cost * dist.entropy().mean())
+
+    with torch.no_grad():
+        loss, _ = impala_loss(agent, unroll, cfg.gamma, impala, aux_scales={})
+        expected = hand_loss(final_values_step_by_step(agent, unroll)[..., 0])
+        torch.testing.assert_close(loss, expected, atol=1e-5, rtol=1e-5)
+        unrecorded = dataclasses.replace(unroll, truncated=None, final_obs=None)
+        old, _ = impala_loss(agent, unrecorded, cfg.gamma, impala, aux_scales={})
+        torch.testing.assert_close(old, hand_loss(None), atol=1e-5, rtol=1e-5)
+        assert abs(float(old) - float(loss)) > 1e-4
+
+        # No cut in the batch: recording cuts changes nothing, bit for bit.
+        no_cut = dataclasses.replace(unroll, truncated=torch.zeros_like(unroll.dones), final_obs=unroll.final_obs[:0])
+        a, _ = impala_loss(agent, no_cut, cfg.gamma, impala, aux_scales={})
+        b, _ = impala_loss(agent, dataclasses.replace(no_cut, truncated=None, final_obs=None), cfg.gamma, impala, {})
+        assert torch.equal(a, b)
 
 
 def test_bad_impala_config_names_the_flag() -> None:

@@ -36,7 +36,7 @@ from multiscene.algos.dreamer.world_model import WorldModel
 from multiscene.checkpoint import load_latest_checkpoint, save_checkpoint
 from multiscene.config import ConfigError, TrainConfig
 from multiscene.envs import make_env
-from multiscene.envs.base import EnvError, EpisodeStats, VecEnv
+from multiscene.envs.base import EnvError, EnvStep, EpisodeStats, VecEnv
 from multiscene.evaluate import summarize
 from multiscene.logger import METRICS_FILE, MetricsLogger, Progress, truncate_metrics
 from multiscene.rundir import atomic_write_json, prepare_run_dir
@@ -184,6 +184,30 @@ class DreamerLearner:
         for level in np.unique(batch.level).tolist():
             metrics[f"dreamer/image_loss_level/{level}"] = float(per_sequence[batch.level == level].mean())
         return metrics
+
+
+def store_step(
+    builder: EpisodeBuilder, replay: EpisodeReplay, result: EnvStep, actions: np.ndarray, bootstrap_truncation: bool,
+) -> None:
+    """Add one vectorized env step (``actions`` [B, A], the actions that led to it) to the running episodes; an
+    episode that ended goes to the replay whole and its slot starts the next one.
+
+    The discount label of an episode's last step is 0 after a termination only: a time-limit cut ends the
+    episode, not the MDP, so the discount head learns continuation 1 there and the padding after it is left out
+    of the losses (``EpisodeReplay.sample``), with the flag on or off (DreamerV2 does the same). With
+    ``bootstrap_truncation`` (``--bootstrap-truncation``, issue 16) the cut episode's last step holds its true
+    final observation where the env hands it over (``EnvStep.final_obs``) instead of the previous observation
+    repeated, so the world model does not learn a transition that did not happen."""
+    for i in range(len(result.first)):
+        if not result.first[i]:
+            builder.append(i, result.obs[i], actions[i], float(result.reward[i]), 1.0)
+            continue
+        terminated = bool(result.terminated[i])
+        final_obs = None
+        if bootstrap_truncation and result.final_obs is not None and bool(result.truncated[i]) and not terminated:
+            final_obs = result.final_obs[i]
+        replay.add(builder.finish(i, actions[i], float(result.reward[i]), terminated, final_obs=final_obs))
+        builder.start(i, result.obs[i], int(result.level_seed[i]))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -369,13 +393,7 @@ def train(cfg: TrainConfig, dreamer: DreamerConfig, init_from: str | None = None
                 update += 1
 
                 # 2. Store: whole episodes go to the replay when they end.
-                one_hot = np.eye(A, dtype=np.float32)[action_np]
-                for i in range(B):
-                    if result.first[i]:
-                        replay.add(builder.finish(i, one_hot[i], float(result.reward[i]), bool(result.terminated[i])))
-                        builder.start(i, result.obs[i], int(result.level_seed[i]))
-                    else:
-                        builder.append(i, result.obs[i], one_hot[i], float(result.reward[i]), 1.0)
+                store_step(builder, replay, result, np.eye(A, dtype=np.float32)[action_np], cfg.bootstrap_truncation)
                 episodes.extend(result.episodes)
                 pop = getattr(envs, "pop_episode_extras", None)
                 if pop is not None:

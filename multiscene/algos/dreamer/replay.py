@@ -185,7 +185,8 @@ class EpisodeBuilder:
 
     The VecEnv auto-resets and does not return the terminal observation (``multiscene.envs.base``), so the
     final step of an episode repeats the last observation seen, with the final reward and discount; our
-    approximation until ``EnvStep`` carries the terminal frame.
+    approximation. ``EnvStep.final_obs`` carries the last frame of a time-limit cut (MiniGrid, Gymnasium ids),
+    which ``finish`` stores instead with --bootstrap-truncation (issue 16).
     """
 
     def __init__(self, num_envs: int, action_size: int) -> None:
@@ -209,10 +210,15 @@ class EpisodeBuilder:
         s["reward"].append(reward)
         s["discount"].append(discount)
 
-    def finish(self, index: int, action: np.ndarray, reward: float, terminated: bool) -> Episode:
-        """Close env ``index``'s episode with its last action and reward (terminal frame: see class doc)."""
+    def finish(
+        self, index: int, action: np.ndarray, reward: float, terminated: bool, final_obs: np.ndarray | None = None,
+    ) -> Episode:
+        """Close env ``index``'s episode with its last action and reward. Its last observation is ``final_obs``
+        where given (the env's final frame of a time-limit cut, ``EnvStep.final_obs``), else the last one seen,
+        repeated (see the class doc). Discount 0 if ``terminated``, else 1 (a cut: the MDP goes on)."""
         s = self._steps[index]
-        self.append(index, s["obs"][-1], action, reward, 0.0 if terminated else 1.0)
+        last = s["obs"][-1] if final_obs is None else final_obs
+        self.append(index, last, action, reward, 0.0 if terminated else 1.0)
         return Episode(
             obs=np.stack(s["obs"]).astype(np.uint8),
             action=np.stack(s["action"]).astype(np.float32),

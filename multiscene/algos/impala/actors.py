@@ -88,6 +88,9 @@ class ImpalaActor:
         logps = torch.empty((T, B))
         rewards = torch.empty((T, B))
         dones = torch.empty((T, B), dtype=torch.bool)
+        bootstrap = self.cfg.bootstrap_truncation
+        truncated = torch.zeros((T, B), dtype=torch.bool) if bootstrap else None
+        final_obs: list[list[torch.Tensor]] = [[] for _ in range(B)]  # per column, in time order
         episodes = []
         initial_state = tuple(s.clone() for s in self.core_state)
         for t in range(T):
@@ -103,6 +106,13 @@ class ImpalaActor:
             rewards[t] = torch.as_tensor(step.reward)
             dones[t] = torch.as_tensor(step.first)
             episodes.extend(step.episodes)
+            if truncated is not None and step.final_obs is not None:
+                # A time-limit cut (a termination on the same step wins): keep the episode's last observation,
+                # whose value the learner bootstraps from with its own weights (issue 16).
+                cut = np.flatnonzero(step.truncated & ~step.terminated).tolist()
+                for b in cut:
+                    truncated[t, b] = True
+                    final_obs[b].append(torch.as_tensor(step.final_obs[b]))
             self.obs = torch.as_tensor(step.obs)
             self.first = torch.as_tensor(step.first)
             self.prev_action = torch.where(self.first, 0, action)
@@ -111,11 +121,18 @@ class ImpalaActor:
         # The bootstrap observation (index T); the learner computes its value with its own weights.
         obs[T], first[T], prev_action[T], prev_reward[T] = self.obs, self.first, self.prev_action, self.prev_reward
         level_seeds[T] = self.level_seed
+        cut_obs = None
+        if truncated is not None:
+            # Column by column, in time order within a column: the order of ``Unroll.final_obs``.
+            rows = [o for column in final_obs for o in column]
+            cut_obs = (torch.stack(rows).to(torch.uint8) if rows
+                       else torch.empty((0, *self.envs.obs_shape), dtype=torch.uint8))
         return Unroll(
             obs=obs, first=first, prev_action=prev_action, prev_reward=prev_reward, actions=actions,
             behaviour_logp=logps, rewards=rewards, dones=dones, level_seeds=level_seeds,
             initial_state=initial_state, episodes=tuple(episodes), policy_version=self.version,
             actor_index=self.actor_index, actor_pid=os.getpid(), actor_seconds=time.perf_counter() - start_time,
+            truncated=truncated, final_obs=cut_obs,
         )
 
     def close(self) -> None:

@@ -14,6 +14,14 @@ weight of the mean-based auxiliary terms, which then keep the scale they have in
 
 The whole unroll, plus its bootstrap observation, goes through the agent from the LSTM state the actor had at
 the unroll's start; the bootstrap value V(x_T) is the learner's own.
+
+Time limits (issue 16; ``--bootstrap-truncation``, where the env tells a time-limit cut from a termination): the
+actor records which steps were cut and the last observation of each cut episode. The learner evaluates those
+observations in the same forward pass (``interleave_final_obs``: each goes right after its cut step, so its
+value comes from the LSTM state after that step, under the learner's weights) and folds gamma * V(final) into
+the cut step's reward (``fold_time_limit_bootstrap``). The cut step's discount is 0 as at any episode end, so
+its target is r_t + gamma * V(final) and the traces stop there; a termination bootstraps from nothing. With
+--no-bootstrap-truncation the actor records nothing and the loss is the one before the option existed.
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -36,7 +45,10 @@ from multiscene.models.agent import Agent
 from multiscene.models.core import CoreState
 from multiscene.ppo import explained_variance
 
-__all__ = ["LearnerResult", "Unroll", "encoder_features", "impala_loss", "learner_step", "stack_unrolls"]
+__all__ = [
+    "Interleaved", "LearnerResult", "Unroll", "UnrollOutputs", "encoder_features", "fold_time_limit_bootstrap",
+    "forward_unroll", "impala_loss", "interleave_final_obs", "learner_step", "stack_unrolls",
+]
 
 
 @dataclass(frozen=True)
@@ -73,6 +85,14 @@ class Unroll:
     """Process id of the actor that made it; a new pid for the same index means the actor was restarted."""
     actor_seconds: float
     """Wall time the actor spent producing this unroll (acting and env steps)."""
+    truncated: torch.Tensor | None = None
+    """[T, B] bool, a subset of ``dones``: the episode was cut by a time limit after the action at t (and did
+    not terminate on that step). None when the actor ran with --no-bootstrap-truncation (issue 16)."""
+    final_obs: torch.Tensor | None = None
+    """[K, *obs] uint8, K = truncated.sum(): the last observation of each cut episode (``obs[t + 1]`` is the
+    reset one), column by column and in time order within a column, i.e. the order of
+    ``truncated.t().nonzero()``; so stacking unrolls along B concatenates these along K. None with
+    ``truncated``."""
 
     @property
     def num_steps(self) -> int:
@@ -86,11 +106,20 @@ def stack_unrolls(unrolls: list[Unroll]) -> Unroll:
     fields = ("obs", "first", "prev_action", "prev_reward", "actions", "behaviour_logp", "rewards", "dones",
               "level_seeds")
     state = tuple(torch.cat([u.initial_state[i] for u in unrolls], dim=1) for i in range(len(unrolls[0].initial_state)))
+    recorded = {u.truncated is not None for u in unrolls}
+    if len(recorded) != 1:
+        raise ValueError("stack_unrolls: some unrolls record time-limit cuts (truncated, final_obs) and some do not; "
+                         "every actor must run with the same --bootstrap-truncation.")
+    truncated = final_obs = None
+    if recorded == {True}:
+        truncated = cat("truncated")
+        # Column-major order: the columns of the first unroll, then those of the next (see Unroll.final_obs).
+        final_obs = torch.cat([u.final_obs for u in unrolls if u.final_obs is not None], dim=0)
     return Unroll(
         **{name: cat(name) for name in fields}, initial_state=state,
         episodes=tuple(e for u in unrolls for e in u.episodes),
         policy_version=min(u.policy_version for u in unrolls), actor_index=-1, actor_pid=-1,
-        actor_seconds=sum(u.actor_seconds for u in unrolls),
+        actor_seconds=sum(u.actor_seconds for u in unrolls), truncated=truncated, final_obs=final_obs,
     )
 
 
@@ -110,6 +139,117 @@ def encoder_features(agent: Agent) -> Iterator[list[torch.Tensor]]:
         handle.remove()
 
 
+class Interleaved(NamedTuple):
+    """A batch's agent inputs with each cut episode's final observation placed right after its cut step."""
+
+    obs: torch.Tensor
+    """[L, B, *obs] uint8, L = T + 1 + the most cuts in one column."""
+    first: torch.Tensor
+    """[L, B] bool."""
+    prev_action: torch.Tensor
+    """[L, B] long."""
+    prev_reward: torch.Tensor
+    """[L, B] float."""
+    steps: torch.Tensor
+    """[T + 1, B] long: where step t of column b (and the bootstrap observation, t = T) now lies."""
+    finals: torch.Tensor
+    """[K] long: where the k-th final observation lies, in column ``cut_columns[k]``."""
+    cut_steps: torch.Tensor
+    """[K] long: the step t of the k-th cut."""
+    cut_columns: torch.Tensor
+    """[K] long: the column b of the k-th cut."""
+
+
+def interleave_final_obs(batch: Unroll) -> Interleaved:
+    """Insert, after each time-limit cut (t, b), the final observation of the cut episode as one more step of
+    column b: not an episode start, with the action a_t and reward r_t before it, as the on-policy collector
+    evaluates it (issue 16). One forward pass then gives V(final_obs) from the recurrent state after step t under
+    the learner's weights, and leaves every real step's output as it was: the observation after a cut starts a
+    new episode, where the core's state (and the previous action and reward) are zeroed, so nothing of the
+    inserted step reaches it. Columns with fewer cuts are padded at the end (episode starts, never read)."""
+    assert batch.truncated is not None and batch.final_obs is not None, "the batch records no time-limit cuts"
+    T, B = batch.actions.shape
+    if bool((batch.truncated & ~batch.dones).any()):
+        raise ValueError("Unroll.truncated must be a subset of Unroll.dones: a time-limit cut ends the episode.")
+    cut_columns, cut_steps = batch.truncated.t().nonzero(as_tuple=True)  # column-major: the order of final_obs
+    if batch.final_obs.shape[0] != cut_columns.numel():
+        raise ValueError(f"Unroll.final_obs holds {batch.final_obs.shape[0]} observations for "
+                         f"{cut_columns.numel()} time-limit cuts in Unroll.truncated; they must match.")
+    shift = torch.zeros(T + 1, B, dtype=torch.long)
+    shift[1:] = batch.truncated.long().cumsum(0)  # cuts before step t in its column
+    steps = torch.arange(T + 1)[:, None] + shift
+    finals = steps[cut_steps, cut_columns] + 1
+    length = int(steps[T].max()) + 1
+    columns = torch.arange(B).expand(T + 1, B)
+    obs = batch.obs[T].unsqueeze(0).expand(length, *batch.obs.shape[1:]).clone()
+    first = torch.ones(length, B, dtype=torch.bool)
+    prev_action = torch.zeros(length, B, dtype=batch.prev_action.dtype)
+    prev_reward = torch.zeros(length, B, dtype=batch.prev_reward.dtype)
+    obs[steps, columns] = batch.obs
+    first[steps, columns] = batch.first
+    prev_action[steps, columns] = batch.prev_action
+    prev_reward[steps, columns] = batch.prev_reward
+    obs[finals, cut_columns] = batch.final_obs.to(obs.dtype)
+    first[finals, cut_columns] = False
+    prev_action[finals, cut_columns] = batch.actions[cut_steps, cut_columns].to(prev_action.dtype)
+    prev_reward[finals, cut_columns] = batch.rewards[cut_steps, cut_columns].to(prev_reward.dtype)
+    return Interleaved(obs, first, prev_action, prev_reward, steps, finals, cut_steps, cut_columns)
+
+
+class UnrollOutputs(NamedTuple):
+    """The learner's forward pass over a batch: outputs at the T + 1 steps of the unroll (the last one is the
+    bootstrap observation), and the values of the cut episodes' final observations."""
+
+    logits: torch.Tensor
+    """[T + 1, B, A]."""
+    values: torch.Tensor
+    """[T + 1, B, H]."""
+    extras: dict[str, torch.Tensor]
+    """The agent's extras, each [T + 1, B, ...]."""
+    features: torch.Tensor
+    """[T + 1, B, D] encoder output (the VAE reads it)."""
+    final_values: torch.Tensor | None
+    """[T, B, H], detached: V(final observation) where ``batch.truncated``, 0 elsewhere; None when the batch
+    has no cut (or records none: --no-bootstrap-truncation)."""
+
+
+def forward_unroll(agent: Agent, batch: Unroll, device: torch.device | str = "cpu") -> UnrollOutputs:
+    """Run the whole unroll, its bootstrap observation and (where cut by a time limit) its episodes' final
+    observations through the agent, from the LSTM state the actor had at the unroll's start."""
+    to = lambda x: x.to(device, non_blocking=True)  # noqa: E731
+    state = tuple(to(s) for s in batch.initial_state)
+    if batch.truncated is None or not bool(batch.truncated.any()):
+        with encoder_features(agent) as captured:
+            out = agent(to(batch.obs), to(batch.first), to(batch.prev_action), to(batch.prev_reward), state)
+        features = captured[0].reshape(*batch.first.shape, -1)
+        return UnrollOutputs(out.logits, out.values, out.extras, features, None)
+    seq = interleave_final_obs(batch)
+    with encoder_features(agent) as captured:
+        out = agent(to(seq.obs), to(seq.first), to(seq.prev_action), to(seq.prev_reward), state)
+    steps, columns = to(seq.steps), to(torch.arange(seq.steps.shape[1]).expand_as(seq.steps))
+    pick = lambda x: x[steps, columns]  # noqa: E731  ([L, B, ...] -> [T + 1, B, ...])
+    features = captured[0].reshape(*seq.first.shape, -1)
+    T = batch.actions.shape[0]
+    final_values = torch.zeros(T, *out.values.shape[1:], dtype=out.values.dtype, device=out.values.device)
+    final_values[to(seq.cut_steps), to(seq.cut_columns)] = out.values[to(seq.finals), to(seq.cut_columns)].detach()
+    return UnrollOutputs(pick(out.logits), pick(out.values), {k: pick(v) for k, v in out.extras.items()},
+                         pick(features), final_values)
+
+
+def fold_time_limit_bootstrap(
+    rewards: torch.Tensor, truncated: torch.Tensor, final_values: torch.Tensor, gamma: float
+) -> torch.Tensor:
+    """rewards [T, B, *H] -> rewards + gamma * final_values where truncated ([T, B]), the same elsewhere.
+
+    A cut step is a done, so its V-trace discount is already 0: with gamma * V(final observation) folded into
+    its reward, its target is r_t + gamma * V(final) and the traces stop there, as ``multiscene.gae`` does for
+    GAE (issue 16). ``torch.where``: entries of ``final_values`` off the cuts are never read."""
+    assert truncated.shape == rewards.shape[:2] and final_values.shape == rewards.shape, (
+        truncated.shape, final_values.shape, rewards.shape)
+    mask = truncated.bool().reshape(*truncated.shape, *([1] * (rewards.dim() - 2)))
+    return torch.where(mask, rewards + gamma * final_values.to(rewards.dtype), rewards)
+
+
 def impala_loss(
     agent: Agent,
     batch: Unroll,
@@ -127,9 +267,8 @@ def impala_loss(
     """
     T, B = batch.actions.shape
     to = lambda x: x.to(device, non_blocking=True)  # noqa: E731
-    obs, first = to(batch.obs), to(batch.first)
-    with encoder_features(agent) as captured:
-        out = agent(obs, first, to(batch.prev_action), to(batch.prev_reward), tuple(to(s) for s in batch.initial_state))
+    first = to(batch.first)
+    out = forward_unroll(agent, batch, device)
     logits = out.logits[:T].float()
     values = out.values[:T].float()  # [T, B, H]
     bootstrap = out.values[T].float().detach()  # [B, H]
@@ -140,6 +279,8 @@ def impala_loss(
     critic = agent.critic
     head_rewards = critic.head_rewards(to(batch.rewards).float())
     discounts = gamma * (1.0 - to(batch.dones).float())
+    if out.final_values is not None and batch.truncated is not None:
+        head_rewards = fold_time_limit_bootstrap(head_rewards, to(batch.truncated), out.final_values.float(), gamma)
     vs, pg_adv_heads = vtrace(
         to(batch.behaviour_logp).float(), target_logp.detach(), head_rewards, values.detach(), bootstrap, discounts,
         rho_bar=impala.rho_bar, c_bar=impala.c_bar,
@@ -172,8 +313,8 @@ def impala_loss(
 
     if vae is not None:
         assert vae_scales is not None, "vae_scales must come with vae"
-        features = captured[0].reshape(T + 1, B, -1)[:T].float()
-        terms = vae.losses(obs[:T], features)
+        features = out.features[:T].float()
+        terms = vae.losses(to(batch.obs[:T]), features)
         total = total + scaled_sum(terms, vae_scales, metrics, "VAE")
         metrics["vae/neg_elbo"] = (terms["vae_recon"] + terms["vae_kl"]).detach()
     return total, metrics
