@@ -182,13 +182,14 @@ def finite_scores(per_run: Mapping[tuple[str, str, int], Mapping[str, float]], t
 
 
 def task_intervals(per_run: Mapping[tuple[str, str, int], Mapping[str, float]], task: str,
-                   methods: Iterable[str], metrics: Sequence[str] = ("auc", "final")) -> dict[str, Any]:
+                   methods: Iterable[str], metrics: Sequence[str] = ("auc", "final"),
+                   reps: int = 2000) -> dict[str, Any]:
     """metric -> method -> IQM and mean over seeds with 95% stratified-bootstrap intervals
     (``stats.aggregate_intervals``), or None for a method with no finite score.
 
     per_run: (task, method, seed) -> ``run_scores``. A run without a finished episode in the window (none
     started, or all still running: a balanced pendulum) has no score there; ``runs`` says how many runs a
-    figure rests on.
+    figure rests on. ``reps``: bootstrap replicates.
     """
     from multiscene.analysis.stats import aggregate_intervals
 
@@ -197,7 +198,7 @@ def task_intervals(per_run: Mapping[tuple[str, str, int], Mapping[str, float]], 
     for metric in metrics:
         scores = {m: np.array([[v] for v in finite_scores(per_run, task, m, metric).values()]) for m in methods}
         usable = {m: s for m, s in scores.items() if s.size}
-        out[metric] = aggregate_intervals(usable) if usable else {}
+        out[metric] = aggregate_intervals(usable, reps=reps) if usable else {}
         for m in methods:
             if m not in usable:
                 out[metric][m] = None
@@ -238,7 +239,8 @@ def figure(runs: Sequence[Run], path: Path, rows: Sequence[Sequence[str]] | None
             ax.set_title(task, fontsize=9)
             ax.set_xlabel("env steps", fontsize=8)
             ax.set_ylabel("training episodic return", fontsize=8)
-            ax.legend(fontsize=7)
+            if ax.get_legend_handles_labels()[0]:  # a panel whose runs finished no episode has nothing to name
+                ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
