@@ -33,19 +33,28 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-import os
-import subprocess
-import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
+from multiscene.bench.paired_runs import (  # noqa: F401  (curve, finished, read_records: the tests' names)
+    REPO,
+    Run,
+    curve,
+    figure,
+    finished,
+    finite_scores,
+    format_interval,
+    is_atari,
+    parse_tasks,
+    read_records,
+    run_scores,
+    task_intervals,
+    train_all,
+)
+from multiscene.bench.paired_runs import train_command as multiscene_train
 
 # method -> (preset, extra train flags), per env family.
 MUJOCO_METHODS: dict[str, tuple[str, list[str]]] = {
@@ -66,113 +75,18 @@ DEFAULT_TASKS = ("InvertedPendulum-v5:12000", "Hopper-v5:20000", "BreakoutNoFram
 DEFAULT_MUJOCO_METHODS = ("a2c", "acktr-n20")
 
 
-@dataclass(frozen=True)
-class Run:
-    """One (task, method, seed) training run."""
-
-    task: str
-    """Gymnasium id."""
-    budget: int
-    """Env steps."""
-    method: str
-    """Key of MUJOCO_METHODS / ATARI_METHODS."""
-    seed: int
-    """--seed."""
-    run_dir: Path
-    """Its run directory."""
-
-    @property
-    def atari(self) -> bool:
-        return "NoFrameskip" in self.task or self.task.startswith("ALE/")
-
-
 def methods_for(task: str) -> dict[str, tuple[str, list[str]]]:
-    return ATARI_METHODS if ("NoFrameskip" in task or task.startswith("ALE/")) else MUJOCO_METHODS
+    return ATARI_METHODS if is_atari(task) else MUJOCO_METHODS
 
 
 def train_command(run: Run) -> list[str]:
     preset, extra = methods_for(run.task)[run.method]
-    return [sys.executable, "-m", "multiscene", "train", "--preset", preset, "--env", run.task, *extra,
-            "--total-timesteps", str(run.budget), "--seed", str(run.seed), "--torch-threads", "1",
-            "--device", "cpu", "--no-final-eval", "--no-tensorboard", "--progress", "none",
-            "--run-dir", str(run.run_dir), "--overwrite"]
-
-
-def read_records(run_dir: Path) -> list[dict[str, Any]]:
-    path = run_dir / "metrics.jsonl"
-    if not path.exists():
-        return []
-    out = []
-    for line in path.read_text().splitlines():
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:  # a torn last line
-            break
-    return out
-
-
-def finished(run: Run) -> bool:
-    records = read_records(run.run_dir)
-    return bool(records) and max(r.get("global_step", 0) for r in records) >= run.budget - 2500
-
-
-def train(run: Run) -> tuple[float, int]:
-    """Train one run unless already finished; (wall seconds, exit code)."""
-    if finished(run):
-        return 0.0, 0
-    run.run_dir.parent.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    start = time.time()
-    with open(run.run_dir.parent / f"{run.run_dir.name}.log", "w") as log:
-        code = subprocess.run(train_command(run), stdout=log, stderr=subprocess.STDOUT, env=env, check=False).returncode
-    seconds = time.time() - start
-    print(f"{run.task} {run.method} seed {run.seed}: exit {code}, {seconds:.0f} s", flush=True)
-    return seconds, code
-
-
-def curve(run_dir: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(global_step, mean episodic return of the update, episodes finished in the update), updates with
-    finished episodes only."""
-    rows = [(r["global_step"], r["charts/episodic_return"], r.get("charts/episodes", 1))
-            for r in read_records(run_dir) if r.get("charts/episodic_return") is not None
-            and math.isfinite(r["charts/episodic_return"])]
-    if not rows:
-        return np.zeros(0), np.zeros(0), np.zeros(0)
-    a = np.asarray(rows, dtype=np.float64)
-    return a[:, 0], a[:, 1], a[:, 2]
-
-
-def run_scores(run_dir: Path, budget: int, final_fraction: float = 0.2) -> dict[str, float]:
-    """``auc``: the learning curve's mean over the updates, the curve being at each update the mean return of
-    the episodes finished in it, carried forward through updates where none finished (a balanced pendulum
-    finishes no episode for a long time: weighting by finished episodes would favour the many short early
-    ones); ``final``: the same over the updates in the last ``final_fraction`` of the budget. NaN before the
-    first finished episode; ``nonfinite`` counts updates the loop skipped for a non-finite value."""
-    records = read_records(run_dir)
-    out = {"auc": math.nan, "final": math.nan,
-           "nonfinite": float(sum(1 for r in records if r.get("nonfinite/skipped_update"))),
-           "steps": float(max((r.get("global_step", 0) for r in records), default=0))}
-    last, carried, late = math.nan, [], []
-    for r in records:
-        value = r.get("charts/episodic_return")
-        if value is not None and math.isfinite(value):
-            last = float(value)
-        if math.isnan(last):
-            continue
-        carried.append(last)
-        if r.get("global_step", 0) > (1.0 - final_fraction) * budget:
-            late.append(last)
-    if carried:
-        out["auc"] = float(np.mean(carried))
-    if late:
-        out["final"] = float(np.mean(late))
-    return out
+    return multiscene_train(preset, run.task, run.budget, run.seed, run.run_dir, extra)
 
 
 def summarize(runs: list[Run]) -> dict[str, Any]:
     """Per task: each method's IQM [95% CI] of auc and final over seeds, and P(method > a2c) on auc."""
-    from multiscene.analysis.stats import aggregate_intervals, probability_of_improvement
+    from multiscene.analysis.stats import probability_of_improvement
 
     per_run = {(r.task, r.method, r.seed): run_scores(r.run_dir, r.budget) for r in runs}
     tasks = list(dict.fromkeys(r.task for r in runs))
@@ -180,35 +94,17 @@ def summarize(runs: list[Run]) -> dict[str, Any]:
                            "tasks": {}}
     for task in tasks:
         methods = list(dict.fromkeys(r.method for r in runs if r.task == task))
-        entry: dict[str, Any] = {}
-        for metric in ("auc", "final"):
-            # A run without a finished episode in the window (none started, or all still running: a balanced
-            # pendulum) has no score there; the table's n says how many runs a figure rests on.
-            scores = {m: np.array([[v[metric]] for (t, mm, _), v in per_run.items()
-                                   if t == task and mm == m and math.isfinite(v[metric])]) for m in methods}
-            usable = {m: s for m, s in scores.items() if s.size}
-            entry[metric] = aggregate_intervals(usable) if usable else {}
-            for m in methods:
-                if m not in usable:
-                    entry[metric][m] = None
+        entry = task_intervals(per_run, task, methods)
         if "a2c" in methods:
-            base = np.array([[v["auc"]] for (t, m, _), v in per_run.items()
-                             if t == task and m == "a2c" and math.isfinite(v["auc"])])
+            base = np.array([[v] for v in finite_scores(per_run, task, "a2c", "auc").values()])
             for m in methods:
                 if m == "a2c":
                     continue
-                other = np.array([[v["auc"]] for (t, mm, _), v in per_run.items()
-                                  if t == task and mm == m and math.isfinite(v["auc"])])
+                other = np.array([[v] for v in finite_scores(per_run, task, m, "auc").values()])
                 if base.size and other.size:
                     entry[f"p_{m}_gt_a2c"] = probability_of_improvement(other, base)
         out["tasks"][task] = entry
     return out
-
-
-def _fmt(e: dict[str, Any] | None) -> str:
-    if not e:
-        return "n/a"
-    return f"{e['iqm']:.1f} [{e['iqm_ci'][0]:.1f}, {e['iqm_ci'][1]:.1f}] (n={e['runs']})"
 
 
 def table_markdown(summary: dict[str, Any], budgets: dict[str, int]) -> str:
@@ -218,46 +114,9 @@ def table_markdown(summary: dict[str, Any], budgets: dict[str, int]) -> str:
         for m in entry["auc"]:
             p = entry.get(f"p_{m}_gt_a2c")
             ptxt = "—" if m == "a2c" else (f"{p['probability']:.2f} [{p['ci'][0]:.2f}, {p['ci'][1]:.2f}]" if p else "n/a")
-            lines.append(f"| {task} ({budgets[task]:,}) | {m} | {_fmt(entry['auc'].get(m))} | "
-                         f"{_fmt(entry['final'].get(m))} | {ptxt} |")
+            lines.append(f"| {task} ({budgets[task]:,}) | {m} | {format_interval(entry['auc'].get(m))} | "
+                         f"{format_interval(entry['final'].get(m))} | {ptxt} |")
     return "\n".join(lines) + "\n"
-
-
-def figure(runs: list[Run], path: Path) -> None:
-    """One panel per task: every run's training return against env steps (3-update running mean)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    tasks = list(dict.fromkeys(r.task for r in runs))
-    fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.2), squeeze=False)
-    for ax, task in zip(axes[0], tasks):
-        methods = list(dict.fromkeys(r.method for r in runs if r.task == task))
-        for i, m in enumerate(methods):
-            for j, r in enumerate(x for x in runs if x.task == task and x.method == m):
-                steps, returns, _ = curve(r.run_dir)
-                if steps.size == 0:
-                    continue
-                k = min(3, returns.size)
-                smooth = np.convolve(returns, np.ones(k) / k, mode="valid")
-                ax.plot(steps[k - 1:], smooth, color=f"C{i}", alpha=0.85, label=m if j == 0 else None,
-                        marker="o" if smooth.size < 5 else None)
-        ax.set_title(task, fontsize=9)
-        ax.set_xlabel("env steps", fontsize=8)
-        ax.set_ylabel("training episodic return", fontsize=8)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def parse_tasks(specs: list[str]) -> dict[str, int]:
-    out = {}
-    for spec in specs:
-        task, _, budget = spec.partition(":")
-        out[task] = int(budget) if budget else 30_000
-    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -272,7 +131,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=2, help="training processes at a time (1 torch thread each)")
     p.add_argument("--report-only", action="store_true", help="summarize existing runs, train nothing")
     args = p.parse_args(argv)
-    budgets = parse_tasks(args.tasks)
+    try:
+        budgets = parse_tasks(args.tasks)
+    except ValueError as e:
+        p.error(str(e))
     runs_dir = args.runs_dir or args.out / "runs"
     runs = []
     # Seeds outermost, so that a run cut short still has every (task, method) at seed 1.
@@ -286,11 +148,7 @@ def main(argv: list[str] | None = None) -> int:
                 runs.append(Run(task, budget, method, seed, runs_dir / f"{task.replace('/', '_')}-{method}-{seed}"))
     started = time.time()
     if not args.report_only:
-        with ThreadPoolExecutor(max_workers=args.workers) as pool:
-            results = list(pool.map(train, runs))
-        failed = [r for r, (_, code) in zip(runs, results) if code != 0]
-        for r in failed:
-            print(f"FAILED: {r.run_dir} (see {r.run_dir}.log)", file=sys.stderr)
+        train_all(runs, train_command, args.workers)
     summary = summarize(runs)
     summary["wall_seconds"] = time.time() - started
     summary["budgets"] = budgets
