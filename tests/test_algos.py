@@ -226,3 +226,27 @@ def test_every_preset_builds_and_validates():
     assert get_preset("mcppo-mujoco-walker2d").env == "Walker2d-v5"
     assert get_preset("a2mc-atari-freeway").hotwire and get_preset("a2mc-atari-freeway").total_timesteps == 15_000_000
     assert get_preset("impala-vae-hard").aux == "vae" and get_preset("impala-hard").algo == "impala"
+
+
+def test_acktr_stats_every_skips_the_fisher_backward_between_statistics_updates(tmp_path, monkeypatch):
+    # --acktr.stats-every 2: updates 1 and 3 (K-FAC steps 0 and 2) record factor statistics; update 2 neither
+    # records nor back-propagates the sampled Fisher loss (it would only be thrown away).
+    from multiscene.optim.kfac import KFAC
+
+    recorded = []
+    real_record = KFAC.record_stats
+
+    def counting_record(self):
+        recorded.append(self.steps)
+        return real_record(self)
+
+    monkeypatch.setattr(KFAC, "record_stats", counting_record)
+    cfg = tiny_config(str(tmp_path / "run"), algo="acktr", critic="scalar", final_eval=False, learning_rate=1e-3,
+                      acktr={"stats_every": 2})
+    assert cfg.acktr.stats_every == 2
+    run = train(cfg)
+    records = [r for r in read_metrics(run / "metrics.jsonl") if "losses/policy_loss" in r]
+    assert [r["update"] for r in records] == [1, 2, 3]
+    assert ["losses/fisher_loss" in r for r in records] == [True, False, True]
+    assert recorded == [0, 2]
+    assert all(math.isfinite(r["losses/kfac_nu"]) for r in records)

@@ -503,3 +503,130 @@ def test_cuda_step_matches_cpu() -> None:
         )
     for p, q in zip(cpu_model.parameters(), gpu_model.parameters(), strict=True):
         torch.testing.assert_close(p, q.cpu(), rtol=1e-3, atol=1e-5)
+
+
+# ---- rank-deficient factors: a batch smaller than a factor's dimension (docs/kfac.md, "Small batches") ----------
+
+
+def test_acktr_atari_at_4_envs_x_5_steps_keeps_the_weights_finite() -> None:
+    # docs/benchmarks.md: `multiscene train --preset acktr-atari --num-envs 4 --num-steps 5` had NaN logits in the
+    # second rollout. This is that run's first rollout and updates, in process, on Enduro (whose first rollout
+    # triggers it on the dev machine; Breakout's does not). With 20 samples the fc layer's 3137-wide A has rank
+    # <= 20 and over 1,000 exact zero rows (dead features); MKL's float32 eigh returned NaN eigenvectors for it
+    # without an error, the trust region read the NaN contraction as "not binding" and the step wrote NaN into
+    # the weights.
+    pytest.importorskip("ale_py")
+    from multiscene.algos.onpolicy.acktr import ACKTR
+    from multiscene.algos.onpolicy.rollout import RolloutCollector
+    from multiscene.config import replace
+    from multiscene.envs import make_env
+    from multiscene.presets import get_preset
+    from multiscene.runtime import env_spec, make_agent, seed_everything
+
+    cfg = replace(get_preset("acktr-atari"), env="EnduroNoFrameskip-v4", num_envs=4, num_steps=5)
+    seed_everything(cfg.seed, False)
+    envs = make_env(env_spec(cfg, "train", cfg.num_envs))
+    try:
+        agent = make_agent(cfg, envs)
+        algo = ACKTR()
+        optimizer = algo.make_optimizer(agent, cfg)
+        collector = RolloutCollector(envs, agent, cfg, torch.device("cpu"))
+        for _ in range(2):  # the second rollout is where the NaN logits showed
+            rollout = collector.collect(agent)
+            adv = algo.advantages(agent.critic, rollout, cfg)
+            result = algo.update(agent, optimizer, rollout, adv, {}, cfg, torch.device("cpu"))
+            assert not result.skipped, result.bad_term
+            nu = result.metrics["losses/kfac_nu"]
+            assert math.isfinite(nu) and 0 < nu <= 1
+    finally:
+        envs.close()
+    assert all(bool(torch.isfinite(p).all()) for p in agent.parameters())
+    a, g = optimizer.factors(agent.encoder.fc)
+    # The case this is about: far fewer samples than the factor's dimension, and dead features (zero rows).
+    assert a.shape == (3137, 3137) and rollout.obs.shape[:2].numel() == 20
+    assert int((a.diagonal() == 0).sum()) > 100
+
+
+def test_eigendecomposition_retries_when_lapack_returns_nan_without_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The failure above, made deterministic: float32 eigh "succeeds" with NaN eigenvectors (LAPACK's
+    # divide-and-conquer solver on a rank-deficient factor; pytorch issue 59720 shows the same silent mode).
+    torch.manual_seed(18)
+    rows = torch.randn(3, 7)
+    matrix = rows.T @ rows / 3  # rank 3 of 7, no zero rows
+    real_eigh, calls = torch.linalg.eigh, []
+
+    def silently_broken_eigh(m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        calls.append(m.dtype)
+        eigenvalues, basis = real_eigh(m)
+        if m.dtype == torch.float32:
+            basis = basis.clone()
+            basis[:, 0] = float("nan")
+        return eigenvalues, basis
+
+    monkeypatch.setattr(torch.linalg, "eigh", silently_broken_eigh)
+    eigenvalues, basis = symmetric_eigh(matrix)
+    assert calls == [torch.float32, torch.float64]
+    assert eigenvalues.dtype == basis.dtype == torch.float32
+    torch.testing.assert_close(basis @ torch.diag(eigenvalues) @ basis.T, matrix, rtol=1e-5, atol=1e-5)
+
+
+def test_zero_rows_are_split_off_before_the_eigendecomposition(monkeypatch: pytest.MonkeyPatch) -> None:
+    torch.manual_seed(19)
+    rows = torch.randn(2, 6, dtype=DTYPE)
+    rows[:, [1, 4]] = 0.0  # two dead features: zero rows and columns
+    matrix = rows.T @ rows
+    real_eigh, shapes = torch.linalg.eigh, []
+
+    def spy(m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        shapes.append(tuple(m.shape))
+        return real_eigh(m)
+
+    monkeypatch.setattr(torch.linalg, "eigh", spy)
+    eigenvalues, basis = symmetric_eigh(matrix)
+    assert shapes == [(4, 4)]  # only the live block reaches LAPACK
+    torch.testing.assert_close(basis.T @ basis, torch.eye(6, dtype=DTYPE))
+    torch.testing.assert_close(basis @ torch.diag(eigenvalues) @ basis.T, matrix)
+    for dead in (1, 4):  # a dead feature is its own eigenvector, with eigenvalue 0
+        column = (basis[dead].abs() == 1).nonzero().squeeze(1)
+        assert column.numel() == 1 and eigenvalues[column].item() == 0.0
+    assert symmetric_eigh(torch.zeros(3, 3, dtype=DTYPE))[0].tolist() == [0.0, 0.0, 0.0]
+
+
+def test_step_with_dead_units_and_fewer_samples_than_inputs_equals_the_kronecker_solve() -> None:
+    # A batch of 3 into a 4-wide head with one dead hidden unit: A is singular (rank <= 3 of 5, one zero row);
+    # the damped solve must still be the exact (A ⊗ G + λI)⁻¹ g.
+    torch.manual_seed(20)
+    model = TinyMLP().to(DTYPE)
+    with torch.no_grad():
+        model.hidden.weight[2] = 0.0
+        model.hidden.bias[2] = 0.0  # tanh(0) = 0 for every input: a dead unit
+    damping = 0.02
+    opt = KFAC(model, lr=1.0, momentum=0.0, damping=damping, kl_clip=1e9, stat_decay=0.0)
+    x = torch.randn(3, 3, dtype=DTYPE)
+    logits = model(x)
+    record(opt, sampled_nll(logits, torch.randint(0, 2, (3,))).mean())
+    F.cross_entropy(logits, torch.randint(0, 2, (3,))).backward()
+    before = [p.detach().clone() for p in model.head.parameters()]
+    grads = [p.grad.clone() for p in model.head.parameters()]
+    a, g = (f.clone() for f in opt.factors(model.head))
+    assert a[2].abs().sum().item() == 0.0
+    opt.step()
+    expected = explicit_natural_gradient(a, g, gradient_matrix(model.head, grads[0], grads[1]), damping, "kron")
+    taken = gradient_matrix(model.head, before[0] - model.head.weight.detach(), before[1] - model.head.bias.detach())
+    torch.testing.assert_close(taken, expected, rtol=1e-7, atol=1e-10)
+
+
+def test_non_finite_fisher_statistics_leave_the_factors_as_they_were() -> None:
+    torch.manual_seed(21)
+    model = TinyMLP().to(DTYPE)
+    opt = KFAC(model, stat_decay=0.5)
+    x = torch.randn(6, 3, dtype=DTYPE)
+    record(opt, sampled_nll(model(x), torch.zeros(6, dtype=torch.long)).mean())
+    a_before, g_before = (f.clone() for f in opt.factors(model.head))
+    poisoned = model(x) * torch.tensor([1.0, float("nan")], dtype=DTYPE)  # a NaN in the head's output grad
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        record(opt, sampled_nll(poisoned, torch.ones(6, dtype=torch.long)).mean())
+    assert any("not finite" in str(w.message) and "Linear(in_features=4" in str(w.message) for w in caught)
+    assert torch.equal(opt.factors(model.head)[0], a_before) and torch.equal(opt.factors(model.head)[1], g_before)
+    assert all(bool(torch.isfinite(f).all()) for f in opt.factors(model.hidden))

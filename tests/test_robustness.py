@@ -189,3 +189,21 @@ def test_resume_without_a_run_is_refused(tmp_path):
     with pytest.raises(ConfigError, match="no run to continue"):
         train(tiny_config(str(tmp_path / "nothing"), resume=True))
     assert not os.path.exists(tmp_path / "nothing" / "config.json")
+
+
+def test_a_non_finite_optimizer_step_is_undone_and_named(tmp_path, monkeypatch):
+    # Finite loss and gradients, but the step writes NaN (K-FAC's curvature failed, as ACKTR's did at 4 envs x
+    # 5 steps on Atari): the update is undone and reported, not left to show up as NaN logits in the next rollout.
+    from multiscene.optim.kfac import KFAC
+
+    monkeypatch.setattr(KFAC, "precondition", lambda self, module, matrix: torch.full_like(matrix, float("nan")))
+    cfg = tiny_config(str(tmp_path / "run"), algo="acktr", critic="scalar", learning_rate=1e-3,
+                      max_nonfinite_updates=2, final_eval=False)
+    with pytest.raises(TrainingStopped, match=r"update 2: 2 updates .*'parameters after the KFAC step \(.+\)'"
+                       r".*the loss and gradients were finite.*--acktr\.damping"):
+        train(cfg)
+    records = read_metrics(Path(cfg.run_dir) / "metrics.jsonl")
+    assert [r.get("nonfinite/skipped_update") for r in records] == [1, 1]
+    assert records[0]["nonfinite/term"].startswith("parameters after the KFAC step (")
+    ckpt = load_latest_checkpoint(Path(cfg.run_dir))
+    assert ckpt is not None and all(torch.isfinite(t).all() for t in ckpt.tensors.values() if t.is_floating_point())

@@ -114,16 +114,49 @@ def gradient_matrix(
     return matrix
 
 
+def all_finite(*tensors: torch.Tensor) -> bool:
+    """True when every entry of every tensor is finite (one host sync for all of them)."""
+    return bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all())
+
+
 def symmetric_eigh(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Eigenvalues [d] and eigenvectors [d, d] (columns) of a symmetric PSD factor, robust to LAPACK failures.
 
-    LAPACK's divide-and-conquer solver can fail to converge on large factors with many repeated eigenvalues,
-    e.g. A of the Nature-CNN's 3137-wide fully connected layer when ReLU units are dead (exact zero rows); seen
-    in float32 on CPU while measuring docs/kfac.md. Retry in float64, then with a small diagonal shift that is
-    subtracted from the eigenvalues again (it leaves the eigenvectors of a symmetric matrix unchanged).
+    A factor estimated from fewer samples than its dimension is rank-deficient, and a unit that was zero for
+    every sample (a dead ReLU feature) gives an exact zero row and column. The Nature CNN's 3137-wide fc factor
+    A from one 4 x 5 Atari rollout has rank 20 and over 1,000 zero rows. On such factors LAPACK's float32
+    divide-and-conquer solver (MKL, CPU) either fails to converge or, worse, returns NaN eigenvalues and
+    eigenvectors without an error (seen on EnduroNoFrameskip-v4; ACKTR then wrote NaN into the weights and the
+    next rollout had NaN logits). Hence:
+
+    1. a zero row/column is an eigenvector (a unit vector) with eigenvalue 0 by itself, so only the block of
+       the other rows is decomposed: exact, smaller, and without the large cluster of zero eigenvalues that
+       trips the solver (the eigenvalues are then not sorted);
+    2. the result is checked for non-finite entries, and a failure (raised or silent) is retried in float64,
+       then with a small diagonal shift that is subtracted from the eigenvalues again (it leaves the
+       eigenvectors of a symmetric matrix unchanged).
     """
+    size = matrix.shape[0]
+    active = (matrix != 0).any(dim=1)
+    kept = int(active.sum())
+    if kept == size:
+        return _checked_eigh(matrix)
+    eigenvalues = matrix.new_zeros(size)
+    basis = torch.eye(size, dtype=matrix.dtype, device=matrix.device)
+    if kept > 0:
+        index = active.nonzero().squeeze(1)
+        block_values, block_basis = _checked_eigh(matrix[index][:, index])
+        eigenvalues[index] = block_values
+        basis[index.unsqueeze(1), index.unsqueeze(0)] = block_basis
+    return eigenvalues, basis
+
+
+def _checked_eigh(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``torch.linalg.eigh`` with its output checked; float64 and shifted float64 retries (see symmetric_eigh)."""
     try:
-        return torch.linalg.eigh(matrix)
+        eigenvalues, basis = torch.linalg.eigh(matrix)
+        if all_finite(eigenvalues, basis):
+            return eigenvalues, basis
     except torch.linalg.LinAlgError:
         pass
     wide = matrix.double()
@@ -135,9 +168,11 @@ def symmetric_eigh(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             )
         except torch.linalg.LinAlgError:
             continue
-        return (eigenvalues - shift).to(matrix.dtype), basis.to(matrix.dtype)
+        if all_finite(eigenvalues, basis):
+            return (eigenvalues - shift).to(matrix.dtype), basis.to(matrix.dtype)
+    problem = "" if all_finite(matrix) else " (the factor itself is not finite)"
     raise torch.linalg.LinAlgError(
-        f"KFAC: eigendecomposition of a {tuple(matrix.shape)} factor failed even in float64"
+        f"KFAC: eigendecomposition of a {tuple(matrix.shape)} factor failed even in float64{problem}"
     )
 
 
@@ -285,18 +320,25 @@ class KFAC(torch.optim.Optimizer):
             entry[2] += samples
             entry[3] += a_rows.shape[0]
 
+    @property
+    def stats_due(self) -> bool:
+        """True when the next ``record_stats`` block updates the factors (``steps % stats_every == 0``); when it
+        is False the Fisher loss need not be back-propagated at all (ACKTR skips that backward pass)."""
+        return self.steps % self.param_groups[0]["stats_every"] == 0
+
     @contextlib.contextmanager
     def record_stats(self) -> Iterator[None]:
         """Backward passes inside this block update the running Kronecker factors (once, on exit).
 
         Every covered layer whose output receives a gradient contributes; calls of one layer are pooled as
         extra samples (equal to one call on the concatenated batch). Skipped entirely unless
-        ``steps % stats_every == 0``. Gradients still accumulate into ``.grad`` as usual.
+        ``steps % stats_every == 0`` (``stats_due``). Gradients still accumulate into ``.grad`` as usual. A layer
+        whose statistics of this block are not finite keeps its previous factors, with a warning.
         """
         if self._recording:
             raise RuntimeError("KFAC.record_stats() is already open; it cannot be nested")
         group = self.param_groups[0]
-        if self.steps % group["stats_every"] != 0:
+        if not self.stats_due:
             yield
             return
         self._pending = {}
@@ -309,7 +351,21 @@ class KFAC(torch.optim.Optimizer):
         finally:
             self._recording = False
         decay = group["stat_decay"]
-        for module, (sum_aa, sum_gg, samples, rows) in self._pending.items():
+        pending, self._pending = self._pending, {}
+        # One non-finite Fisher sample would poison a running average for good (decay · NaN = NaN) and, at the
+        # next refresh, every step after it; such a batch is left out of that layer's factors instead.
+        finite = (
+            torch.stack([torch.isfinite(e[0]).all() & torch.isfinite(e[1]).all() for e in pending.values()]).tolist()
+            if pending else []
+        )
+        for ok, (module, (sum_aa, sum_gg, samples, rows)) in zip(finite, pending.items()):
+            if not ok:
+                warnings.warn(
+                    f"KFAC: the Fisher statistics of {module} are not finite (a non-finite gradient of the Fisher "
+                    "loss); this batch is left out of its Kronecker factors",
+                    stacklevel=3,
+                )
+                continue
             state = self.state[module.weight]
             batch_a = sum_aa / rows
             # The recorded grad is d(mean loss)/d(output) = Ds / N; N² Σ (Ds/N)(Ds/N)ᵀ / N = E_n[Σ_t Ds Dsᵀ].
@@ -319,7 +375,6 @@ class KFAC(torch.optim.Optimizer):
             else:
                 state["A"].mul_(decay).add_(batch_a, alpha=1 - decay)
                 state["G"].mul_(decay).add_(batch_g, alpha=1 - decay)
-        self._pending = {}
 
     def factors(self, module: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
         """The running factors (A [in(+1), in(+1)], G [out, out]) of a covered layer."""

@@ -26,6 +26,7 @@ from multiscene.algos.onpolicy.base import (
     add_aux_terms,
     backward_and_clip,
     critic_diagnostics,
+    first_nonfinite_parameter,
     param_groups,
 )
 from multiscene.algos.onpolicy.ppo import masked_mean, normalize_advantages
@@ -135,6 +136,13 @@ class A2C(OnPolicyAlgorithm):
             snapshot.restore()
             return UpdateResult({}, skipped=True, bad_term=bad)
         optimizer.step()
+        broken = first_nonfinite_parameter(agent)
+        if broken is not None:
+            # Finite loss and gradients, non-finite weights: the optimizer's step itself failed (K-FAC's
+            # curvature, say). Writing them would only surface as NaN logits in the next rollout.
+            snapshot.restore()
+            name = type(optimizer).__name__
+            return UpdateResult({}, skipped=True, bad_term=f"parameters after the {name} step ({broken})")
         metrics["losses/grad_norm"] = grad_norm.detach()  # type: ignore[union-attr]
         metrics.update(self.step_metrics(optimizer))
         metrics.update(critic_diagnostics(agent, critic_out, inputs.first))

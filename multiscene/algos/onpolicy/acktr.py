@@ -42,7 +42,8 @@ class ACKTRConfig:
     stat_decay: float = 0.99
     """Running-average decay of the Kronecker factors (baselines: 0.99)."""
     stats_every: int = 1
-    """Update the factors every this many updates."""
+    """Update the factors every this many updates; the updates between skip the sampled Fisher loss's
+    backward pass too (losses/fisher_loss is logged only on updates that record)."""
     inverse_every: int = 10
     """Recompute the factors' inverses every this many updates (K-FAC's amortization; ours, as common
     PyTorch ports)."""
@@ -81,6 +82,10 @@ class ACKTR(A2C):
         self, agent: Agent, optimizer: torch.optim.Optimizer, out: AgentOutput, metrics: dict[str, torch.Tensor],
         cfg: TrainConfig,
     ) -> None:
+        if not optimizer.stats_due:  # type: ignore[attr-defined]
+            # --acktr.stats-every k: between statistics updates the factors are not touched, so the sampled
+            # Fisher loss and its backward pass (the extra cost of ACKTR besides KFAC.step) are skipped too.
+            return
         dist = agent.distribution(out.logits.float())
         with torch.no_grad():
             sampled = dist.sample()

@@ -225,6 +225,13 @@ def first_nonfinite(terms: dict[str, torch.Tensor]) -> str | None:
     return None
 
 
+def first_nonfinite_parameter(agent: Agent) -> str | None:
+    """The name of the first parameter with a NaN or inf entry, or None; one host sync for all of them."""
+    named = list(agent.named_parameters())
+    flags = torch.stack([torch.isfinite(p.detach()).all() for _, p in named]).tolist()
+    return next((name for (name, _), ok in zip(named, flags) if not ok), None)
+
+
 class Snapshot:
     """Parameters and optimizer state from before an update, to restore when a loss or gradient is not
     finite (issue #6): the update is then reported as skipped."""

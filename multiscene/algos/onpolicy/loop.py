@@ -268,10 +268,14 @@ def _train(cfg: TrainConfig, algo: OnPolicyAlgorithm, ctx: dist.DistContext, dev
                     if nonfinite_in_row >= cfg.max_nonfinite_updates:
                         logger.log(record)
                         checkpoint()
+                        hint = "lower --learning-rate or check the reward scale"
+                        if str(result.bad_term).startswith("parameters after"):
+                            hint = ("the loss and gradients were finite but the optimizer's step was not: lower "
+                                    "--learning-rate (--algo acktr: or raise --acktr.damping)")
                         raise TrainingStopped(
                             f"stopped at update {update}: {nonfinite_in_row} updates in a row had a non-finite "
-                            f"value in '{result.bad_term}'. The last good state is saved in {run_dir}; lower "
-                            "--learning-rate or check the reward scale, then continue with --resume."
+                            f"value in '{result.bad_term}'. The last good state is saved in {run_dir}; {hint}, "
+                            "then continue with --resume."
                         )
                 else:
                     nonfinite_in_row = 0
