@@ -250,3 +250,12 @@ def test_acktr_stats_every_skips_the_fisher_backward_between_statistics_updates(
     assert ["losses/fisher_loss" in r for r in records] == [True, False, True]
     assert recorded == [0, 2]
     assert all(math.isfinite(r["losses/kfac_nu"]) for r in records)
+
+
+def test_the_loop_counts_truncated_episodes(tmp_path):
+    # MiniGrid at a 3-step limit: an untrained agent is cut far more often than it reaches the goal.
+    run = train(tiny_config(str(tmp_path / "run"), critic="scalar", final_eval=False, max_episode_steps=3))
+    records = [r for r in read_metrics(run / "metrics.jsonl") if "charts/episodes" in r]
+    assert records
+    assert all(0 <= r["charts/episodes_truncated"] <= r["charts/episodes"] for r in records)
+    assert sum(r["charts/episodes_truncated"] for r in records) > 0

@@ -485,6 +485,8 @@ def rollout_metrics(rollout: Rollout, adv: Advantages, agent: Agent, schedule: A
         out["charts/episodes"] = len(rollout.episodes)
         # Sparse games (seed 004 §5, hot-wiring): how many of them scored at all, which the mean hides.
         out["charts/episodes_nonzero_return"] = sum(1 for e in rollout.episodes if e.episode_return != 0)
+        # Time limits (issue 16): how many of them were cut rather than ended (None where the env cannot tell).
+        out["charts/episodes_truncated"] = sum(1 for e in rollout.episodes if getattr(e, "truncated", None))
     for h, head in enumerate(agent.head_names):
         ev = explained_variance(rollout.values[..., h].flatten(), adv.returns[..., h].flatten())
         key = "losses/explained_variance" if h == 0 else f"losses/explained_variance/{head}"
