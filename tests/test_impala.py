@@ -38,10 +38,13 @@ from multiscene.algos.impala.learner import (
 )
 from multiscene.algos.impala.vtrace import vtrace
 from multiscene.config import ConfigError
+from multiscene.critics.multi import MultiConfig, MultiCritic
 from multiscene.envs.base import EnvStep
 from multiscene.gae import compute_gae
 from multiscene.logger import read_metrics
 from multiscene.models.agent import Agent
+from multiscene.ppo import explained_variance
+from multiscene.rewards.vwr import RunningVWR, VWRConfig
 
 ENV = "MiniGrid-HiddenPayoff-v0"
 
@@ -587,6 +590,164 @@ def test_vae_on_non_image_observations_is_refused_before_the_run_starts(tmp_path
         train(small_cfg(str(run_dir)), ImpalaConfig(num_actors=1, envs_per_actor=1, unroll_length=4, batch_size=1),
               VAEConfig())
     assert not run_dir.exists()  # nothing written, no Ray started
+
+
+# ----------------------------------------------------------------------------------------------------------
+# --critic multi (A2MC's VWR head): the actor steps the critic's reward transform, the learner hands it to
+# head_rewards once per batch, V-trace runs per head.
+
+
+def test_actor_vwr_stream_runs_on_across_unrolls(tmp_path: Path) -> None:
+    """The VWR an actor ships over two consecutive unrolls equals one RunningVWR run over the concatenated raw
+    rewards (with the ``first`` of each observation acted on): its window is carried across the unroll boundary
+    like the LSTM state. Restarting it at the boundary would give other values (checked, so the test can fail)."""
+    cfg, impala, agent, actor = learner_and_actor(tmp_path, critic="multi", envs=2, T=7, vwr=VWRConfig(window=4))
+    actor.envs.close()
+    actor.envs = ScriptedCuts()  # type: ignore[assignment]
+    weights = [agent.state_dict()]
+    first, second = actor.unroll(weights, 0), actor.unroll(weights, 0)
+    assert first.extra_rewards is not None and second.extra_rewards is not None
+    assert first.extra_rewards.shape == (7, 2, 1)
+    rewards = torch.cat([first.rewards, second.rewards])
+    starts = torch.cat([first.first[:7], second.first[:7]])
+    assert bool(starts[0].all()) and not bool(starts[7].any())  # no episode starts at the boundary
+    reference = RunningVWR.from_config(2, cfg.vwr)
+    expected = torch.stack([reference.step(rewards[t], starts[t]) for t in range(14)])
+    streamed = torch.cat([first.extra_rewards[..., 0], second.extra_rewards[..., 0]])
+    torch.testing.assert_close(streamed, expected, atol=0.0, rtol=0.0)
+    assert bool((expected != 0).any())
+    restarted = RunningVWR.from_config(2, cfg.vwr)
+    fresh = torch.stack([restarted.step(second.rewards[t], starts[7 + t] | (t == 0)) for t in range(7)])
+    assert float((fresh - second.extra_rewards[..., 0]).abs().max()) > 1e-3
+    stacked = stack_unrolls([first, second])
+    assert stacked.extra_rewards is not None
+    assert torch.equal(stacked.extra_rewards, torch.cat([first.extra_rewards, second.extra_rewards], dim=1))
+    with pytest.raises(ValueError, match="extra_rewards"):
+        stack_unrolls([first, dataclasses.replace(second, extra_rewards=None)])
+    plain_cfg, _, plain_agent, plain_actor = learner_and_actor(tmp_path, critic="scalar", envs=2, T=3)
+    assert plain_actor.reward_transform is None
+    assert plain_actor.unroll([plain_agent.state_dict()], 0).extra_rewards is None
+    plain_actor.close()
+
+
+@pytest.mark.parametrize("env_head", ["scalar", "dve"])
+def test_multi_critic_vtrace_targets_per_head_match_a_hand_computation(tmp_path: Path, env_head: str) -> None:
+    """impala_loss with --critic multi (beta 0.5, --multi.env-head scalar or dve) on the scripted off-policy
+    unroll with two time-limit cuts and a termination, the VWR given as ``extra_rewards``: per head h the
+    reward is (env reward, VWR x sqrt(sum r^2 / sum vwr^2)) (match-env scaling, from this batch alone), each cut
+    folds gamma * V_h(final observation) into head h's reward, and the reference V-trace (explicit sums) gives
+    head h's targets; the policy advantage is A_env + 0.5 A_vwr. Loss and per-head explained variance must
+    match, and the running RMS statistics take in the batch exactly once per loss / learner step."""
+    cfg = small_cfg(str(tmp_path / "run"), critic="multi", multi=MultiConfig(beta=0.5, env_head=env_head))
+    impala = ImpalaConfig(num_actors=1, envs_per_actor=3, unroll_length=7, batch_size=3)
+    torch.manual_seed(0)
+    agent = Agent((7, 7, 3), 7, cfg)
+    with torch.no_grad():
+        for p in agent.critic.parameters():
+            p.mul_(30.0)  # values of order 1, so that the folded final values weigh in the targets
+    unroll = scripted_unroll(agent)
+    T, B = unroll.actions.shape
+    transform = RunningVWR.from_config(B, cfg.vwr)
+    vwr = torch.stack([transform.step(unroll.rewards[t], unroll.first[t]) for t in range(T)])
+    unroll = dataclasses.replace(unroll, extra_rewards=vwr[..., None])
+    assert unroll.truncated is not None
+
+    with torch.no_grad():
+        out = agent(unroll.obs, unroll.first, unroll.prev_action, unroll.prev_reward, unroll.initial_state)
+        finals = final_values_step_by_step(agent, unroll)  # [T, B, 2]
+    dist = Categorical(logits=out.logits[:T])
+    logp = dist.log_prob(unroll.actions)
+    values = out.values[:T]
+    scale = math.sqrt(float(unroll.rewards.double().pow(2).sum()) / float(vwr.double().pow(2).sum()))
+    head_rewards = torch.stack([unroll.rewards, vwr * scale], dim=-1).double()
+    head_rewards = head_rewards + cfg.gamma * finals.double() * unroll.truncated[..., None]
+    discounts = (cfg.gamma * (1.0 - unroll.dones.double())).numpy()
+    targets, advantages = [], []
+    for h in range(2):
+        vs, adv = reference_vtrace(unroll.behaviour_logp.double().numpy(), logp.detach().double().numpy(),
+                                   head_rewards[..., h].numpy(), values[..., h].detach().double().numpy(),
+                                   out.values[T, :, h].detach().double().numpy(), discounts, 1.0, 1.0)
+        targets.append(torch.as_tensor(vs, dtype=torch.float32))
+        advantages.append(torch.as_tensor(adv, dtype=torch.float32))
+    vs_t = torch.stack(targets, dim=-1)
+    expected = (-(logp * (advantages[0] + 0.5 * advantages[1])).mean()
+                + impala.baseline_cost * 0.5 * (vs_t - values).pow(2).sum(-1).mean()
+                - impala.entropy_cost * dist.entropy().mean())
+
+    with torch.no_grad():
+        loss, metrics = impala_loss(agent, unroll, cfg.gamma, impala, aux_scales={})
+    torch.testing.assert_close(loss, expected.detach(), atol=1e-5, rtol=1e-5)
+    for h, head in enumerate(("env", "vwr")):
+        ev = explained_variance(values[..., h].detach().flatten(), vs_t[..., h].flatten())
+        assert float(metrics[f"losses/explained_variance/{head}"]) == pytest.approx(ev, abs=1e-5)
+    assert float(metrics["losses/explained_variance"]) == float(metrics["losses/explained_variance/env"])
+    assert float(metrics["dve/vwr_reward_scale"]) == pytest.approx(scale, rel=1e-6)
+    assert ("dve/confusion_mean" in metrics) == (env_head == "dve")  # the env head's own diagnostics
+    batch_squares = torch.stack([unroll.rewards.double().pow(2).sum(), vwr.double().pow(2).sum()])
+    critic = agent.critic
+    assert isinstance(critic, MultiCritic)
+    torch.testing.assert_close(critic.reward_sq_sum, batch_squares)  # folded in once by the loss
+    optimizer = torch.optim.Adam(agent.parameters(), lr=1e-3)
+    result = learner_step(agent, optimizer, unroll, cfg.gamma, impala, aux_scales={})
+    assert not result.skipped and "losses/explained_variance/vwr" in result.metrics
+    torch.testing.assert_close(critic.reward_sq_sum, 2 * batch_squares)  # one more batch, once
+    with pytest.raises(ValueError, match="extra"):
+        impala_loss(agent, dataclasses.replace(unroll, extra_rewards=None), cfg.gamma, impala, aux_scales={})
+
+
+def test_learner_step_with_a_sparse_dve_env_head_schedules_lcc(tmp_path: Path) -> None:
+    """--critic multi --multi.env-head sparse-dve in the IMPALA learner: L_CC's terms join the loss under the
+    schedule's names, next to the VWR head's diagnostics."""
+    from multiscene.critics.schedule import make_cc_schedule
+
+    cfg, impala, agent, actor = learner_and_actor(tmp_path, critic="multi", envs=2, T=6,
+                                                  multi=MultiConfig(env_head="sparse-dve"))
+    unroll = actor.unroll([agent.state_dict()], version=0)
+    scales = make_cc_schedule(cfg).scales(10**6)
+    assert set(scales) == {"cc_confusion", "cc_contribution"}
+    result = learner_step(agent, torch.optim.Adam(agent.parameters(), lr=1e-3), unroll, cfg.gamma, impala, scales)
+    assert not result.skipped
+    assert {"losses/cc_confusion", "losses/cc_contribution", "dve/vwr_mean", "dve/vwr_reward_scale",
+            "losses/explained_variance/vwr"} <= set(result.metrics)
+    actor.close()
+
+
+def test_hotwire_with_impala_is_refused_before_the_run_starts(tmp_path: Path) -> None:
+    from multiscene.algos.impala.loop import train
+
+    run_dir = tmp_path / "run"
+    with pytest.raises(ConfigError, match=r"--hotwire needs an algorithm that collects n-step segments \(ppo, a2c, "
+                                          r"acktr\); got --algo impala"):
+        train(small_cfg(str(run_dir), critic="multi", hotwire=True),
+              ImpalaConfig(num_actors=1, envs_per_actor=1, unroll_length=4, batch_size=1))
+    assert not run_dir.exists()
+
+
+@pytest.mark.slow
+def test_ray_run_with_the_multi_critic(tmp_path: Path) -> None:
+    """--algo impala --critic multi --multi.env-head dve end to end on a local Ray with 2 actors (the tiny
+    config of the other Ray tests), through ``multiscene.trainer.train``: every update logs both heads'
+    explained variance and the VWR diagnostics, and the checkpoint holds the VWR scaling statistics."""
+    from safetensors.torch import load_file
+
+    from multiscene.trainer import train
+
+    run_dir = tmp_path / "run"
+    cfg = ray_cfg(run_dir, total=3 * RAY_IMPALA.steps_per_update, critic="multi", algo="impala", impala=RAY_IMPALA,
+                  multi=MultiConfig(env_head="dve"))
+    train(cfg)
+    records = [r for r in read_metrics(run_dir / "metrics.jsonl") if "losses/policy_loss" in r]
+    assert [r["update"] for r in records] == [1, 2, 3]
+    for r in records:
+        for key in ("losses/explained_variance/env", "losses/explained_variance/vwr", "dve/vwr_mean",
+                    "dve/vwr_nonzero", "dve/vwr_reward_scale", "dve/confusion_mean"):
+            assert key in r, key
+        assert math.isfinite(r["losses/value_loss"]) and math.isfinite(r["dve/vwr_reward_scale"])
+    tensors = load_file(str(run_dir / "model.safetensors"))
+    squares = tensors["agent.critic.reward_sq_sum"]
+    assert squares.shape == (2,) and bool((squares >= 0).all())
+    assert json.loads((run_dir / "config.json").read_text())["config"]["critic"] == "multi"
+    assert (run_dir / "eval" / "final.json").exists()
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -53,21 +53,30 @@ DEFAULT_BENCH_ACTORS = 2
 
 
 def synthetic_unroll(agent: Any, obs_shape: tuple[int, ...], num_actions: int, T: int, B: int,
-                     seed: int = 0) -> Any:
+                     seed: int = 0, cfg: TrainConfig | None = None) -> Any:
     """An Unroll of the real shapes ([T + 1, B, *obs] uint8 frames, [T, B] actions, ...) with random content
-    and the agent's zero core state: what the learner's compute costs does not depend on the values."""
+    and the agent's zero core state: what the learner's compute costs does not depend on the values. With
+    ``cfg``, a critic that has a reward transform (``--critic multi``'s VWR) gets its ``extra_rewards``, stepped
+    over the random rewards as an actor would."""
     from multiscene.algos.impala.learner import Unroll
 
     gen = torch.Generator().manual_seed(seed)
+    rewards = torch.rand(T, B, generator=gen)
+    transform = agent.critic.make_reward_transform(B, cfg) if cfg is not None else None
+    extra_rewards = None
+    if transform is not None:
+        # No episode end in the synthetic unroll: only its first step starts an episode.
+        extra_rewards = torch.stack([transform.step(rewards[t], torch.full((B,), t == 0)) for t in range(T)])
+        extra_rewards = extra_rewards[..., None]
     return Unroll(
         obs=torch.randint(0, 256, (T + 1, B, *obs_shape), dtype=torch.uint8, generator=gen),
         first=torch.zeros(T + 1, B, dtype=torch.bool), prev_action=torch.zeros(T + 1, B, dtype=torch.long),
         prev_reward=torch.zeros(T + 1, B), actions=torch.randint(0, num_actions, (T, B), generator=gen),
         behaviour_logp=torch.full((T, B), -float(torch.log(torch.tensor(float(num_actions))))),
-        rewards=torch.rand(T, B, generator=gen), dones=torch.zeros(T, B, dtype=torch.bool),
+        rewards=rewards, dones=torch.zeros(T, B, dtype=torch.bool),
         level_seeds=torch.zeros(T + 1, B, dtype=torch.int64),
         initial_state=tuple(s.cpu() for s in agent.initial_state(B, "cpu")), episodes=(), policy_version=0,
-        actor_index=0, actor_pid=0, actor_seconds=0.0,
+        actor_index=0, actor_pid=0, actor_seconds=0.0, extra_rewards=extra_rewards,
     )
 
 
@@ -99,7 +108,8 @@ def time_learner_ceiling(cfg: TrainConfig, impala: Any, repeats: int = 3, warmup
     optimizer = torch.optim.Adam(agent.parameters(), lr=impala.learning_rate,
                                  betas=(impala.adam_beta1, impala.adam_beta2), eps=impala.adam_eps)
     aux_scales = make_cc_schedule(cfg).scales(0)
-    batch = synthetic_unroll(agent, obs_shape, num_actions, impala.unroll_length, impala.batch_size, cfg.seed)
+    batch = synthetic_unroll(agent, obs_shape, num_actions, impala.unroll_length, impala.batch_size, cfg.seed,
+                             cfg)
     times = []
     for i in range(warmup + repeats):
         if device.type == "cuda":

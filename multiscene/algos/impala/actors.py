@@ -54,6 +54,9 @@ class ImpalaActor:
         self.prev_reward = torch.zeros(B)
         self.level_seed = torch.as_tensor(start.level_seed, dtype=torch.int64)
         self.core_state = self.agent.initial_state(B, "cpu")
+        # The critic's per-env reward transform (--critic multi: A2MC's RunningVWR), None for the others. Like
+        # the LSTM state it runs on across unroll boundaries; a restarted actor starts a fresh one.
+        self.reward_transform = self.agent.critic.make_reward_transform(B, cfg)
 
     def ping(self) -> int:
         """The actor's process id, once its envs are built (a restarted actor answers with a new one)."""
@@ -91,6 +94,7 @@ class ImpalaActor:
         bootstrap = self.cfg.bootstrap_truncation
         truncated = torch.zeros((T, B), dtype=torch.bool) if bootstrap else None
         final_obs: list[list[torch.Tensor]] = [[] for _ in range(B)]  # per column, in time order
+        extra = torch.empty((T, B)) if self.reward_transform is not None else None
         episodes = []
         initial_state = tuple(s.clone() for s in self.core_state)
         for t in range(T):
@@ -105,6 +109,9 @@ class ImpalaActor:
             step = self.envs.step(action.numpy().astype(np.int64))
             rewards[t] = torch.as_tensor(step.reward)
             dones[t] = torch.as_tensor(step.first)
+            if extra is not None:
+                # As the on-policy collector: the raw reward, and the ``first`` of the observation acted on.
+                extra[t] = self.reward_transform.step(rewards[t], self.first)
             episodes.extend(step.episodes)
             if truncated is not None and step.final_obs is not None:
                 # A time-limit cut (a termination on the same step wins): keep the episode's last observation,
@@ -132,7 +139,7 @@ class ImpalaActor:
             behaviour_logp=logps, rewards=rewards, dones=dones, level_seeds=level_seeds,
             initial_state=initial_state, episodes=tuple(episodes), policy_version=self.version,
             actor_index=self.actor_index, actor_pid=os.getpid(), actor_seconds=time.perf_counter() - start_time,
-            truncated=truncated, final_obs=cut_obs,
+            truncated=truncated, final_obs=cut_obs, extra_rewards=None if extra is None else extra[..., None],
         )
 
     def close(self) -> None:
@@ -141,7 +148,8 @@ class ImpalaActor:
 
 def remote_actor_class(impala: ImpalaConfig) -> Any:
     """``ImpalaActor`` as a Ray actor class with the configured resources; Ray restarts a dead actor (its
-    ``__init__`` runs again: fresh envs, zero LSTM state) up to ``max_actor_restarts`` times."""
+    ``__init__`` runs again: fresh envs, zero LSTM state, a fresh reward transform) up to ``max_actor_restarts``
+    times."""
     import ray
 
     return ray.remote(

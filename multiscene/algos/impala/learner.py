@@ -93,6 +93,10 @@ class Unroll:
     reset one), column by column and in time order within a column, i.e. the order of
     ``truncated.t().nonzero()``; so stacking unrolls along B concatenates these along K. None with
     ``truncated``."""
+    extra_rewards: torch.Tensor | None = None
+    """[T, B, E] float: the rewards of the critic's ``make_reward_transform`` for the action at t (A2MC's VWR
+    for ``--critic multi``, in ``extra_rewards[..., 0]``), stepped by the actor on the raw env reward as the
+    on-policy collector does; None when the critic has no transform (every head learns the env reward)."""
 
     @property
     def num_steps(self) -> int:
@@ -115,11 +119,16 @@ def stack_unrolls(unrolls: list[Unroll]) -> Unroll:
         truncated = cat("truncated")
         # Column-major order: the columns of the first unroll, then those of the next (see Unroll.final_obs).
         final_obs = torch.cat([u.final_obs for u in unrolls if u.final_obs is not None], dim=0)
+    if len({u.extra_rewards is not None for u in unrolls}) != 1:
+        raise ValueError("stack_unrolls: some unrolls carry extra_rewards (the critic's reward transform, e.g. "
+                         "--critic multi's VWR) and some do not; every actor must run with the same --critic.")
+    extra_rewards = cat("extra_rewards") if unrolls[0].extra_rewards is not None else None
     return Unroll(
         **{name: cat(name) for name in fields}, initial_state=state,
         episodes=tuple(e for u in unrolls for e in u.episodes),
         policy_version=min(u.policy_version for u in unrolls), actor_index=-1, actor_pid=-1,
         actor_seconds=sum(u.actor_seconds for u in unrolls), truncated=truncated, final_obs=final_obs,
+        extra_rewards=extra_rewards,
     )
 
 
@@ -277,7 +286,10 @@ def impala_loss(
     target_logp = dist.log_prob(actions)
 
     critic = agent.critic
-    head_rewards = critic.head_rewards(to(batch.rewards).float())
+    # Once per batch, as the on-policy loop calls it once per rollout: in training mode --critic multi folds the
+    # batch into the running RMS of its VWR scaling here.
+    extra = None if batch.extra_rewards is None else to(batch.extra_rewards).float()
+    head_rewards = critic.head_rewards(to(batch.rewards).float(), extra)  # [T, B, H]
     discounts = gamma * (1.0 - to(batch.dones).float())
     if out.final_values is not None and batch.truncated is not None:
         head_rewards = fold_time_limit_bootstrap(head_rewards, to(batch.truncated), out.final_values.float(), gamma)
@@ -298,10 +310,16 @@ def impala_loss(
         "losses/policy_loss": policy_loss.detach(),
         "losses/value_loss": value_loss.detach(),
         "losses/entropy": entropy.detach(),
-        "losses/explained_variance": torch.tensor(explained_variance(values[..., 0].detach().flatten(), vs[..., 0].flatten())),
         "impala/rho_mean": ratio.mean(),
         "impala/rho_clipped_fraction": (ratio > impala.rho_bar).float().mean(),
     }
+    # Per head, under the on-policy loop's names: the first head's is also losses/explained_variance.
+    for h, head in enumerate(critic.head_names):
+        ev = torch.tensor(explained_variance(values[..., h].detach().flatten(), vs[..., h].flatten()))
+        if h == 0:
+            metrics["losses/explained_variance"] = ev
+        if len(critic.head_names) > 1:
+            metrics[f"losses/explained_variance/{head}"] = ev
 
     extras = {k: v[:T].float() for k, v in out.extras.items()}
     critic_out = CriticOutput(values, extras)
@@ -343,7 +361,7 @@ def learner_step(
     loss, metrics = impala_loss(agent, batch, gamma, impala, aux_scales, vae, vae_scales, device)
     optimizer.zero_grad(set_to_none=True)
     # Explained variance is nan whenever the targets are constant; it is a diagnostic, not a loss term.
-    checked = {k: v for k, v in metrics.items() if k != "losses/explained_variance"}
+    checked = {k: v for k, v in metrics.items() if not k.startswith("losses/explained_variance")}
     bad = next((name for name, v in {**checked, "loss": loss}.items() if not bool(torch.isfinite(v).all())), None)
     if bad is None:
         loss.backward()
