@@ -48,6 +48,29 @@ def test_learner_ceiling_runs_real_learner_steps_on_the_run_shapes() -> None:
     assert bigger > seconds
 
 
+def test_learner_ceiling_with_the_multi_critic_times_its_vwr_head() -> None:
+    """--critic multi: the synthetic batch carries the VWR the actors would ship (``extra_rewards``), so the
+    ceiling's learner steps run (without it the multi-critic's head_rewards refuses the batch)."""
+    from multiscene.algos.impala import ImpalaConfig
+    from multiscene.cli import parse_train_args
+    from multiscene.rewards.vwr import RunningVWR
+    from multiscene.runtime import make_agent
+
+    torch.set_num_threads(1)
+    cfg = parse_train_args(["--algo", "impala", "--env", "MiniGrid-DoorKey-5x5-v0", "--critic", "multi",
+                            "--hidden-size", "16", "--torch-threads", "1", "--vwr.window", "4"])
+    agent = make_agent(cfg, (7, 7, 3), 7, torch.device("cpu"))
+    assert synthetic_unroll(agent, (7, 7, 3), 7, T=8, B=4).extra_rewards is None  # no cfg, no transform
+    unroll = synthetic_unroll(agent, (7, 7, 3), 7, T=8, B=4, cfg=cfg)
+    assert unroll.extra_rewards is not None and unroll.extra_rewards.shape == (8, 4, 1)
+    vwr = RunningVWR.from_config(4, cfg.vwr)
+    expected = torch.stack([vwr.step(unroll.rewards[t], torch.full((4,), t == 0)) for t in range(8)])
+    torch.testing.assert_close(unroll.extra_rewards[..., 0], expected)
+    seconds = time_learner_ceiling(cfg, ImpalaConfig(num_actors=1, envs_per_actor=2, unroll_length=8, batch_size=4),
+                                   repeats=1)
+    assert 0.0 < seconds < 30.0
+
+
 def test_too_few_updates_is_refused_before_ray_starts(capsys: pytest.CaptureFixture[str]) -> None:
     code = bench_main(["throughput", "--algo", "impala", "--env", "MiniGrid-DoorKey-5x5-v0", "--updates", "1"])
     assert code == 2
