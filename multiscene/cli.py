@@ -70,6 +70,14 @@ def parse_train_args(argv: Sequence[str]):  # noqa: ANN201 - returns TrainConfig
 
         if (Path(cfg.run_dir) / CONFIG_FILE).exists():
             cfg = replace(cfg, total_timesteps=load_config(Path(cfg.run_dir)).total_timesteps)
+    if _peek_option(args, "--critic") is None:
+        from multiscene.config import critics_of
+
+        allowed = critics_of(cfg.algo)
+        if cfg.critic not in allowed:
+            # The preset's critic is one the algorithm does not use (--algo dreamer from the quickstart's Sparse
+            # DVE): take the algorithm's own. Asked for explicitly, validate() refuses it with a message.
+            cfg = replace(cfg, critic=allowed[0])
     if cfg.bootstrap_truncation and "--bootstrap-truncation" not in args:
         from multiscene.envs import knows_truncation
 

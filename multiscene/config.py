@@ -94,11 +94,13 @@ class CommonConfig:
     run_dir: str | None = None
     """Where the run is written; default runs/<env>-<algo>-<critic>-s<seed>."""
     hotwire: bool = False
-    """Hot-wiring exploration of A2MC (seed 004, §5; options in --hotwire-cfg.*). Discrete actions only."""
+    """Hot-wiring exploration of A2MC (seed 004, §5; options in --hotwire-cfg.*). Discrete actions and the
+    on-policy algorithms (ppo, a2c, acktr) only; impala and dreamer refuse it."""
     algo: str = "ppo"
     """Algorithm (multiscene/registry.py): ppo, a2c, acktr."""
     critic: str = "scalar"
-    """Critic (multiscene/registry.py): scalar (RL² baseline), dve, sparse-dve."""
+    """Critic (multiscene/registry.py): scalar (RL² baseline), dve, sparse-dve, multi (A2MC's two heads). Every
+    one works with ppo, a2c, acktr and impala; dreamer has its own value network and takes only scalar."""
     aux: str = "none"
     """Auxiliary loss trained with the RL loss (multiscene/registry.py): none."""
     encoder: str = "auto"
@@ -322,6 +324,34 @@ def config_from_dict(data: dict[str, Any]) -> TrainConfig:
     return TrainConfig(**kwargs)
 
 
+def critics_of(algo: str) -> tuple[str, ...]:
+    """The ``--critic`` names ``--algo algo`` uses: its class's ``critics``, or every registered critic."""
+    from multiscene import registry
+
+    allowed = getattr(registry.load("algorithm", algo), "critics", None)
+    return tuple(registry.CRITICS) if allowed is None else tuple(allowed)
+
+
+def check_critic_choice(cfg: TrainConfig, algo: str | None = None) -> None:
+    """Refuse a ``--critic`` that the algorithm (``algo``, default ``cfg.algo``) would silently ignore.
+
+    An algorithm class declares ``critics`` (and ``critics_reason``) when it builds no critic of the registry:
+    DreamerV2 learns its own value network in imagination, so it accepts only ``scalar``, which stands for it."""
+    from multiscene import registry
+
+    algo = algo or cfg.algo
+    allowed = critics_of(algo)
+    if cfg.critic in allowed:
+        return
+    every = [name for name in registry.ALGORITHMS if critics_of(name) == tuple(registry.CRITICS)]
+    reason = getattr(registry.load("algorithm", algo), "critics_reason", "")
+    raise ConfigError(
+        f"--critic {cfg.critic} is not used by --algo {algo}{': ' + reason if reason else ''}. Allowed --critic "
+        f"with --algo {algo}: {', '.join(allowed)}. Every critic ({', '.join(registry.CRITICS)}) works with "
+        f"--algo {', '.join(every)}."
+    )
+
+
 def validate(cfg: TrainConfig) -> None:
     """Raise ConfigError naming the field and what is allowed. Env ids are checked when envs are made."""
     if cfg.total_timesteps <= 0:
@@ -355,6 +385,7 @@ def validate(cfg: TrainConfig) -> None:
         names = registry.KINDS[kind]
         if getattr(cfg, attr) not in names:
             raise ConfigError(f"--{attr} must be one of {', '.join(names)}; got {getattr(cfg, attr)!r}.")
+    check_critic_choice(cfg)
     if cfg.aux != "none" and cfg.aux not in registry.AUX_LOSSES:
         raise ConfigError(f"--aux must be one of {', '.join(['none', *registry.AUX_LOSSES])}; got {cfg.aux!r}.")
     if cfg.num_levels < 0 or cfg.test_num_levels < 0 or cfg.start_level < 0:

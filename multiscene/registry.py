@@ -6,7 +6,9 @@ algorithm or an auxiliary loss is one new file plus one line below (README, "Add
 What a registered attribute provides:
 
 - algorithm (``--algo``): a class with ``family`` and ``train(cfg) -> Path``; the on-policy ones subclass
-  ``multiscene.algos.onpolicy.base.OnPolicyAlgorithm`` and share one loop;
+  ``multiscene.algos.onpolicy.base.OnPolicyAlgorithm`` and share one loop. An algorithm that builds no critic
+  of this registry declares ``critics`` (the ``--critic`` names it accepts) and ``critics_reason``, and
+  ``multiscene.config.check_critic_choice`` refuses the others (DreamerV2: ``("scalar",)``);
 - critic (``--critic``): a ``multiscene.critics.base.Critic`` subclass with
   ``from_config(cfg, core_dim, encoder_dim)``;
 - auxiliary loss (``--aux``): an ``nn.Module`` class with ``from_config(cfg, obs_shape, feature_dim)``,

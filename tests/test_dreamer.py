@@ -391,3 +391,58 @@ def test_invalid_steps_do_not_count_in_the_world_model_loss() -> None:
     unmasked = wm.loss(obs, action, reward, discount, first, SMALL, torch.Generator().manual_seed(1))
     manual = 0.5 * (wm.predicted_reward(RSSM.features(unmasked.posterior)) - reward).pow(2)
     assert torch.allclose(out_a.terms["reward"], manual[valid].mean(), atol=1e-6)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Common choices DreamerV2 does not use are refused, not ignored: --critic (it has its own value network) and
+# --hotwire (an on-policy segment mechanism).
+
+
+@pytest.mark.parametrize("critic", ["dve", "sparse-dve", "multi"])
+def test_a_critic_dreamer_does_not_use_is_refused(tmp_path, critic: str) -> None:  # type: ignore[no-untyped-def]
+    from conftest import tiny_config
+
+    from multiscene.algos.dreamer.loop import train
+    from multiscene.config import replace, validate
+
+    run_dir = tmp_path / "run"
+    cfg = tiny_config(str(run_dir), env="MiniGrid-Empty-5x5-v0", critic=critic, algo="dreamer")
+    message = rf"--critic {critic} is not used by --algo dreamer: .*Allowed --critic with --algo dreamer: scalar\."
+    with pytest.raises(ConfigError, match=message):
+        validate(cfg)
+    with pytest.raises(ConfigError, match=message):
+        train(cfg, SMALL)  # the loop checks too (it does not call validate), before writing anything
+    assert not run_dir.exists()
+    validate(replace(cfg, critic="scalar"))
+    # Every other algorithm takes every critic.
+    for algo in ("ppo", "a2c", "acktr", "impala"):
+        validate(replace(cfg, algo=algo))
+
+
+def test_hotwire_with_dreamer_is_refused(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from conftest import tiny_config
+
+    from multiscene.algos.dreamer.loop import train
+    from multiscene.config import validate
+
+    run_dir = tmp_path / "run"
+    cfg = tiny_config(str(run_dir), env="MiniGrid-Empty-5x5-v0", critic="scalar", algo="dreamer", hotwire=True)
+    message = r"--hotwire needs an algorithm that collects n-step segments \(ppo, a2c, acktr\); got --algo dreamer"
+    with pytest.raises(ConfigError, match=message):
+        validate(cfg)
+    with pytest.raises(ConfigError, match=message):
+        train(cfg, SMALL)
+    assert not run_dir.exists()
+
+
+def test_cli_gives_dreamer_its_own_critic_unless_one_is_asked_for() -> None:
+    """Without --critic, a preset's critic that --algo dreamer does not use (the quickstart's sparse-dve) becomes
+    scalar, as a preset's --bootstrap-truncation does on Procgen; asked for explicitly, it is kept (and refused)."""
+    from multiscene.cli import parse_train_args
+    from multiscene.presets import get_preset
+
+    assert get_preset("quickstart").critic == "sparse-dve"
+    assert parse_train_args(["--algo", "dreamer"]).critic == "scalar"
+    assert parse_train_args(["--algo", "dreamer", "--critic", "dve"]).critic == "dve"
+    assert parse_train_args(["--algo", "dreamer", "--critic=multi"]).critic == "multi"
+    assert parse_train_args(["--algo", "impala"]).critic == "sparse-dve"  # IMPALA uses every critic

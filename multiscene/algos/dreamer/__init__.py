@@ -188,6 +188,12 @@ class Dreamer:
     name = "dreamer"
     family = "dreamer"
     config_group = ("dreamer", DreamerConfig)
+    critics = ("scalar",)
+    """The only ``--critic`` accepted (``multiscene.config.check_critic_choice``); it names DreamerV2's own."""
+    critics_reason = (
+        "DreamerV2 trains its own value network, a scalar MLP on the RSSM state fitted to imagined lambda-returns "
+        "(multiscene/algos/dreamer/behavior.py), and builds no critic of the registry"
+    )
     not_data_parallel = "DreamerV2 trains from one process's replay"
 
     @classmethod

@@ -34,7 +34,7 @@ from multiscene.algos.dreamer.replay import EpisodeBuilder, EpisodeReplay
 from multiscene.algos.dreamer.rssm import RSSMState, flatten_time
 from multiscene.algos.dreamer.world_model import WorldModel
 from multiscene.checkpoint import load_latest_checkpoint, save_checkpoint
-from multiscene.config import ConfigError, TrainConfig
+from multiscene.config import ConfigError, TrainConfig, check_critic_choice
 from multiscene.envs import make_env
 from multiscene.envs.base import EnvError, EnvStep, EpisodeStats, VecEnv
 from multiscene.evaluate import summarize
@@ -242,6 +242,17 @@ def validate_run(cfg: TrainConfig, dreamer: DreamerConfig) -> None:
     validate_dreamer(dreamer)
 
 
+def refuse_unused_choices(cfg: TrainConfig) -> None:
+    """Refuse the common choices this loop would silently ignore: a ``--critic`` other than scalar (DreamerV2
+    has its own critic) and ``--hotwire`` (an on-policy segment mechanism), each with a message naming the flag
+    and what --algo dreamer allows."""
+    from multiscene.algos.onpolicy.hotwire import validate_hotwire
+
+    check_critic_choice(cfg, algo="dreamer")
+    if cfg.hotwire:
+        validate_hotwire(cfg.hotwire_cfg, algo="dreamer")  # type: ignore[attr-defined]
+
+
 def agent_tensors(agent: DreamerAgent) -> dict[str, torch.Tensor]:
     return {f"agent.{k}": v for k, v in agent.state_dict().items()}
 
@@ -274,6 +285,8 @@ def init_agent_from(agent: DreamerAgent, run_dir: Path) -> int:
 def train(cfg: TrainConfig, dreamer: DreamerConfig, init_from: str | None = None) -> Path:
     """Train DreamerV2 per ``cfg`` (env, budget, run dir, eval) and ``dreamer``; returns the run directory."""
     validate_run(cfg, dreamer)
+    # The caller's choices only: a resumed run's saved config is not refused for a critic it never used.
+    refuse_unused_choices(cfg)
     run_dir = Path(cfg.run_dir) if cfg.run_dir else default_run_dir(cfg)
     resume = cfg.resume
     backup = prepare_run_dir(run_dir, resume=resume, overwrite=cfg.overwrite)
