@@ -97,7 +97,7 @@ class CommonConfig:
     """Hot-wiring exploration of A2MC (seed 004, §5; options in --hotwire-cfg.*). Discrete actions and the
     on-policy algorithms (ppo, a2c, acktr) only; impala and dreamer refuse it."""
     algo: str = "ppo"
-    """Algorithm (multiscene/registry.py): ppo, a2c, acktr."""
+    """Algorithm (multiscene/registry.py): ppo, a2c, acktr, impala, dreamer."""
     critic: str = "scalar"
     """Critic (multiscene/registry.py): scalar (RL² baseline), dve, sparse-dve, multi (A2MC's two heads). Every
     one works with ppo, a2c, acktr and impala; dreamer has its own value network and takes only scalar."""
