@@ -435,6 +435,25 @@ def test_hotwire_with_dreamer_is_refused(tmp_path) -> None:  # type: ignore[no-u
     assert not run_dir.exists()
 
 
+@pytest.mark.parametrize(("field", "value", "flag"), [("aux", "vae", "--aux vae"), ("encoder", "mlp", "--encoder mlp")])
+def test_aux_and_encoder_choices_dreamer_does_not_use_are_refused(tmp_path, field, value, flag) -> None:  # type: ignore[no-untyped-def]
+    from conftest import tiny_config
+
+    from multiscene.algos.dreamer.loop import train
+    from multiscene.config import replace, validate
+
+    run_dir = tmp_path / "run"
+    cfg = replace(tiny_config(str(run_dir), env="MiniGrid-Empty-5x5-v0", critic="scalar", algo="dreamer"),
+                  **{field: value})
+    message = rf"{flag} is not used by --algo dreamer: .*Allowed {flag.split()[0]} with --algo dreamer"
+    with pytest.raises(ConfigError, match=message):
+        validate(cfg)
+    with pytest.raises(ConfigError, match=message):
+        train(cfg, SMALL)
+    assert not run_dir.exists()
+    validate(replace(cfg, algo="ppo", encoder="auto"))  # the same choice is fine for the on-policy loop
+
+
 def test_cli_gives_dreamer_its_own_critic_unless_one_is_asked_for() -> None:
     """Without --critic, a preset's critic that --algo dreamer does not use (the quickstart's sparse-dve) becomes
     scalar, as a preset's --bootstrap-truncation does on Procgen; asked for explicitly, it is kept (and refused)."""

@@ -138,6 +138,10 @@ class DreamerConfig:
 
     def validate(self, cfg: TrainConfig) -> None:
         validate_dreamer(self)
+        if cfg.algo == "dreamer":
+            from multiscene.algos.dreamer.loop import refuse_unused_choices
+
+            refuse_unused_choices(cfg)
 
 
 def validate_dreamer(d: DreamerConfig) -> None:

@@ -244,13 +244,24 @@ def validate_run(cfg: TrainConfig, dreamer: DreamerConfig) -> None:
 
 def refuse_unused_choices(cfg: TrainConfig) -> None:
     """Refuse the common choices this loop would silently ignore: a ``--critic`` other than scalar (DreamerV2
-    has its own critic) and ``--hotwire`` (an on-policy segment mechanism), each with a message naming the flag
-    and what --algo dreamer allows."""
+    has its own critic), ``--hotwire`` (an on-policy segment mechanism), ``--aux`` and ``--encoder`` (the world
+    model has its own encoder and decoder), each with a message naming the flag and what --algo dreamer allows."""
     from multiscene.algos.onpolicy.hotwire import validate_hotwire
 
     check_critic_choice(cfg, algo="dreamer")
     if cfg.hotwire:
         validate_hotwire(cfg.hotwire_cfg, algo="dreamer")  # type: ignore[attr-defined]
+    if cfg.aux != "none":
+        raise ConfigError(
+            f"--aux {cfg.aux} is not used by --algo dreamer: the world model's image decoder already reconstructs "
+            "the frames from its latent state. Allowed --aux with --algo dreamer: none; --aux works with --algo "
+            "ppo, a2c, acktr, impala."
+        )
+    if cfg.encoder != "auto":
+        raise ConfigError(
+            f"--encoder {cfg.encoder} is not used by --algo dreamer: the world model has its own encoder (a CNN for "
+            "images, an MLP for vectors; --dreamer.size sets its width). Allowed --encoder with --algo dreamer: auto."
+        )
 
 
 def agent_tensors(agent: DreamerAgent) -> dict[str, torch.Tensor]:
