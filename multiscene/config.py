@@ -198,6 +198,10 @@ class CommonConfig:
     ``capped``. None: a tenth of --total-timesteps, at least 32 steps per eval env, so a small run's evaluation
     stays well under its training time (issue 15); 0: no cap. ``multiscene eval RUN --episodes N`` runs the
     full evaluation later."""
+    eval_frames: int | None = None
+    """Rendered frames kept per recorded episode of the final evaluation (the report's filmstrips and the frames
+    of each cluster's states). None: 400, but 50 on MuJoCo, whose offscreen rendering costs 0.1-0.3 s a frame on
+    a CPU (400 frames x 4 episodes x 2 splits took longer than the evaluation itself); 0: no frames."""
     checkpoint_interval: int = 10
     """Write a checkpoint every this many updates (and always at the end)."""
     keep_checkpoints: int = 3
@@ -413,6 +417,8 @@ def validate(cfg: TrainConfig) -> None:
         from multiscene.logger import require_wandb
 
         require_wandb()
+    if cfg.eval_frames is not None and cfg.eval_frames < 0:
+        raise ConfigError(f"--eval-frames must be >= 0 (0: no frames), got {cfg.eval_frames}.")
     if cfg.final_eval_steps is not None and cfg.final_eval_steps < 0:
         raise ConfigError(f"--final-eval-steps must be >= 0 (0: no cap), got {cfg.final_eval_steps}.")
     if cfg.learning_rate <= 0:

@@ -42,6 +42,24 @@ MIN_CAP_STEPS_PER_ENV = 32
 each env still finishes in a tiny run)."""
 
 
+SLOW_RENDER_FRAMES = 50
+"""Default frames per recorded episode on MuJoCo, whose offscreen rendering costs 0.1-0.3 s a frame on a CPU."""
+
+
+def eval_frames(cfg: TrainConfig) -> int:
+    """Frames kept per recorded episode of the final evaluation: ``--eval-frames``, or 400 (50 on MuJoCo)."""
+    if cfg.eval_frames is not None:
+        return cfg.eval_frames
+    from multiscene.envs import env_family
+
+    if env_family(cfg.env) == "gymnasium":
+        from multiscene.envs.gymnasium import env_family as gymnasium_family
+
+        if gymnasium_family(cfg.env) == "mujoco":
+            return SLOW_RENDER_FRAMES
+    return MAX_FRAMES_PER_EPISODE
+
+
 def final_eval_step_cap(cfg: TrainConfig) -> int | None:
     """Env steps each pass of the final evaluation may take (None: no cap). ``--final-eval-steps``, or by
     default a tenth of the training budget (the five passes together take at most half the budget's env
@@ -143,6 +161,8 @@ class EvalPass:
     record: bool = False
     """Keep every step of the counted episodes (and frames of the first ``frame_episodes``)."""
     frame_episodes: int = 0
+    max_frames: int = MAX_FRAMES_PER_EPISODE
+    """Frames kept per recorded episode (its first ``max_frames`` steps)."""
     random_policy: bool = False
     """Uniform random actions (the floor a trained agent must beat); nothing recorded."""
 
@@ -276,7 +296,7 @@ def _step_lane(lane: _Lane, agent: Agent, continuous: bool, output: tuple[Any, .
     episode_id = lane.slot_offset + np.minimum(lane.done_count, np.maximum(lane.quota - 1, 0))
     recorder = lane.recorder
     if recorder is not None:
-        frames_wanted = active & (episode_id < spec.frame_episodes) & (lane.t_in_episode < MAX_FRAMES_PER_EPISODE)
+        frames_wanted = active & (episode_id < spec.frame_episodes) & (lane.t_in_episode < spec.max_frames)
         if frames_wanted.any() and getattr(envs, "supports_render", True):
             rendered = envs.render()
             for i in np.flatnonzero(frames_wanted):
@@ -409,12 +429,14 @@ def evaluate_run_splits(
         summary["step_cap"] = max_steps
     # Every pass at once (one batched forward per step; benchmarks/eval_batching.py measures the gain): train
     # and test levels x sampled and deterministic, and for the final evaluation the random policy's floor.
+    frames = eval_frames(cfg) if record else 0
     specs = [
         EvalPass(f"{split}/{'deterministic' if deterministic else 'sampled'}",
                  make_env(env_spec(cfg, split, min(cfg.eval_num_envs, n), seed_offset=101 + int(deterministic),
                                            training=False)), n,
                  deterministic, torch.Generator().manual_seed(cfg.seed * 7 + int(deterministic)),
-                 record=record and not deterministic, frame_episodes=FRAME_EPISODES if record else 0)
+                 record=record and not deterministic, frame_episodes=FRAME_EPISODES if frames else 0,
+                 max_frames=frames)
         for split in ("train", "test") for deterministic in (False, True)
     ]
     if record:

@@ -259,3 +259,29 @@ def test_the_loop_counts_truncated_episodes(tmp_path):
     assert records
     assert all(0 <= r["charts/episodes_truncated"] <= r["charts/episodes"] for r in records)
     assert sum(r["charts/episodes_truncated"] for r in records) > 0
+
+
+@pytest.mark.parametrize("frames", [0, 2])
+def test_eval_frames_caps_the_rendered_frames_of_the_final_evaluation(tmp_path, frames):
+    import numpy as np
+
+    run = train(tiny_config(str(tmp_path / "run"), critic="scalar", eval_frames=frames, final_eval_steps=0))
+    path = run / "eval" / "final_frames_test.npz"
+    if frames == 0:
+        assert not path.exists()
+        return
+    with np.load(path) as data:
+        lengths = [data[k].shape[0] for k in data.files if k.startswith("episode_")]
+    assert lengths and max(lengths) == frames
+
+
+def test_mujoco_keeps_fewer_frames_by_default():
+    from multiscene.config import replace
+    from multiscene.evaluate import MAX_FRAMES_PER_EPISODE, SLOW_RENDER_FRAMES, eval_frames
+    from multiscene.presets import get_preset
+
+    assert eval_frames(get_preset("ppo-mujoco")) == SLOW_RENDER_FRAMES < MAX_FRAMES_PER_EPISODE
+    assert eval_frames(get_preset("quickstart")) == MAX_FRAMES_PER_EPISODE
+    assert eval_frames(replace(get_preset("ppo-mujoco"), eval_frames=7)) == 7
+    with pytest.raises(ConfigError, match="--eval-frames must be >= 0"):
+        validate(replace(get_preset("quickstart"), eval_frames=-1))
