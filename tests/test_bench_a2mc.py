@@ -3,31 +3,20 @@ against hand computations, and one tiny end-to-end run."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses resolve their module by name
-    spec.loader.exec_module(module)
-    return module
+from conftest import load_benchmark_script
 
 
 @pytest.fixture(scope="module")
 def bench():
-    return _load("a2mc_vs_baselines")
+    return load_benchmark_script("a2mc_vs_baselines.py")
 
 
 def _write_run(run_dir: Path, records: list[dict], num_envs: int = 5, num_steps: int = 500) -> None:

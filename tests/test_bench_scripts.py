@@ -3,27 +3,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import sys
 from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses resolve their module by name
-    spec.loader.exec_module(module)
-    return module
+from conftest import load_benchmark_script
 
 
 def test_cleanrl_sps_lines_and_median_ratio():
-    vs = _load("ppo_mujoco_vs_cleanrl")
+    vs = load_benchmark_script("ppo_mujoco_vs_cleanrl.py")
     out = "global_step=1000, episodic_return=[-3.]\nSPS: 1500\nfoo\nSPS: 1770\n"
     assert vs.SPS_LINE.findall(out) == ["1500", "1770"]
     M = vs.Measurement
@@ -37,7 +27,7 @@ def test_cleanrl_sps_lines_and_median_ratio():
 
 
 def test_both_commands_get_the_same_shape_and_budget():
-    vs = _load("ppo_mujoco_vs_cleanrl")
+    vs = load_benchmark_script("ppo_mujoco_vs_cleanrl.py")
     args = vs.parse_args(["--total-timesteps", "4096", "--num-steps", "1024", "--num-envs", "2",
                           "--cleanrl-python", sys.executable, "--cleanrl-script", __file__])
     ours = vs.ours_command("python", args, Path("/tmp/x"))
@@ -48,7 +38,7 @@ def test_both_commands_get_the_same_shape_and_budget():
 
 
 def test_run_scores_follow_the_carried_forward_curve(tmp_path):
-    avsa = _load("acktr_vs_a2c")
+    avsa = load_benchmark_script("acktr_vs_a2c.py")
     records = [
         {"update": 1, "global_step": 100, "charts/episodic_return": 10.0, "charts/episodes": 1},
         {"update": 2, "global_step": 200},  # no episode finished
@@ -74,7 +64,7 @@ def test_run_scores_follow_the_carried_forward_curve(tmp_path):
 
 
 def test_methods_differ_only_where_they_say():
-    avsa = _load("acktr_vs_a2c")
+    avsa = load_benchmark_script("acktr_vs_a2c.py")
     assert avsa.methods_for("Hopper-v5") is avsa.MUJOCO_METHODS
     assert avsa.methods_for("BreakoutNoFrameskip-v4") is avsa.ATARI_METHODS
     assert avsa.methods_for("ALE/Boxing-v5") is avsa.ATARI_METHODS
