@@ -356,7 +356,8 @@ def run_episodes(
     on_episode: Callable[[int], None] | None = None,
 ) -> EpisodeResult:
     """Run exactly ``num_episodes`` episodes on ``envs`` (one pass of ``run_passes``, which see)."""
-    spec = EvalPass("episodes", envs, num_episodes, deterministic, generator, record, frame_episodes, random_policy)
+    spec = EvalPass("episodes", envs, num_episodes, deterministic, generator, record=record,
+                    frame_episodes=frame_episodes, random_policy=random_policy)
     callback = None if on_episode is None else (lambda _name, n: on_episode(n))
     return run_passes(agent, [spec], device, max_steps, callback)[0]
 
