@@ -226,10 +226,8 @@ def first_nonfinite(terms: dict[str, torch.Tensor]) -> str | None:
 
 
 def first_nonfinite_parameter(agent: Agent) -> str | None:
-    """The name of the first parameter with a NaN or inf entry, or None; one host sync for all of them."""
-    named = list(agent.named_parameters())
-    flags = torch.stack([torch.isfinite(p.detach()).all() for _, p in named]).tolist()
-    return next((name for (name, _), ok in zip(named, flags) if not ok), None)
+    """The name of the first parameter with a NaN or inf entry, or None (``first_nonfinite`` over the weights)."""
+    return first_nonfinite({name: p.detach() for name, p in agent.named_parameters()})
 
 
 class Snapshot:
