@@ -65,6 +65,9 @@ class BenchmarkSettings:
     gamma: float = 0.99
     eval_episodes: int = 96
     torch_threads: int = 1
+    bootstrap_truncation: bool = True
+    """Bootstrap a time-limit cut from the value of the episode's final observation (the library default since
+    issue 16); ``--no-bootstrap-truncation`` treats a cut as a termination, as the 2026-11-22 figures did."""
 
 
 def train_config(critic: str, seed: int, settings: BenchmarkSettings, run_dir: Path) -> TrainConfig:
@@ -95,10 +98,9 @@ def train_config(critic: str, seed: int, settings: BenchmarkSettings, run_dir: P
         tensorboard=False,
         run_dir=str(run_dir),
         overwrite=True,
-        # Every evaluation episode counts (no step cap), and time limits are treated as terminations, as when
-        # this benchmark's recorded results were taken (docs/dve_benchmark.md, before issue 16).
+        # Every evaluation episode counts (no step cap).
         final_eval_steps=0,
-        bootstrap_truncation=False,
+        bootstrap_truncation=settings.bootstrap_truncation,
         # N_b = 3 matches the three scenes; Sparse DVE uses the library's default pre-boost schedule.
         dve=DVEConfig(num_clusters=3, schedule="pre-boost"),
     )
@@ -383,6 +385,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--gamma", type=float, default=defaults.gamma)
     parser.add_argument("--eval-episodes", type=int, default=defaults.eval_episodes)
     parser.add_argument("--torch-threads", type=int, default=defaults.torch_threads)
+    parser.add_argument("--bootstrap-truncation", action=argparse.BooleanOptionalAction,
+                        default=defaults.bootstrap_truncation,
+                        help="bootstrap time-limit cuts (default, as the library); --no-... treats them as terminations")
     return parser.parse_args(argv)
 
 
@@ -392,6 +397,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         total_timesteps=args.total_timesteps, num_envs=args.num_envs, num_steps=args.num_steps,
         num_levels=args.num_levels, hidden_size=args.hidden_size, learning_rate=args.learning_rate,
         gamma=args.gamma, eval_episodes=args.eval_episodes, torch_threads=args.torch_threads,
+        bootstrap_truncation=args.bootstrap_truncation,
     )
     jobs = [(critic, seed) for seed in args.seeds for critic in args.critics]
     run_dirs = {(critic, seed): args.out_dir / f"{critic}-s{seed}" for critic, seed in jobs}
