@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
+
 import pytest
 
 from multiscene.bench import main as bench_main
@@ -102,15 +104,24 @@ def test_learning_bench_tiny(tmp_path, capsys):
         assert run["test_length"] > 0 and run["train_length"] > 0
         assert run["test_value_error"] is not None and run["test_value_error"] >= 0
     # Confusion exists only where there are clusters, and lies in [1/N_b, 1].
-    assert runs["rl2"]["test_confusion"] is None
+    assert runs["rl2"]["test_confusion"] is None and runs["rl2"]["test_clusters_in_use"] is None
     assert 1 / 3 - 1e-6 <= runs["sparse-dve"]["test_confusion"] <= 1 + 1e-6
+    assert runs["sparse-dve"]["test_clusters_in_use"] in (1.0, 2.0, 3.0)
+    assert 0.0 <= runs["sparse-dve"]["test_scene_nmi"] <= 1.0 + 1e-9
+    # Every run is an ordinary run directory written by a sweep trial, with the random policy's floor read.
+    for run in runs.values():
+        assert run["test_random_return"] is not None
+    trials = sorted(p.name for p in (out_dir / "trials").iterdir())
+    assert trials == ["env=MiniGrid-LavaGapS5-v0_critic=scalar_s1", "env=MiniGrid-LavaGapS5-v0_critic=sparse-dve_s1"]
+    assert all((out_dir / "trials" / t / "eval" / "final.json").exists() for t in trials)
+    assert "random policy" in (out_dir / "table.md").read_text()
     iqm = results["aggregate"]["test_return"]["sparse-dve"]
     assert iqm["iqm_ci"][0] <= iqm["iqm"] <= iqm["iqm_ci"][1]
     # A second call reuses the finished runs instead of training again.
     assert bench_main(["learning", "--out", str(out_dir), "--tasks", "MiniGrid-LavaGapS5-v0", "--methods", "rl2",
                        "sparse-dve", "--seeds", "1", "--total-timesteps", "32", "--num-envs", "4", "--num-steps", "8",
                        "--num-minibatches", "2", "--hidden-size", "16", "--num-levels", "5", "--eval-episodes", "2"]) == 0
-    assert "ok," not in capsys.readouterr().out
+    assert "2 already finished, 0 to run" in capsys.readouterr().out
 
 
 def test_update_cost_times_both_algorithms_from_the_same_weights(capsys):
@@ -162,3 +173,15 @@ def test_time_updates_restores_the_weights_and_steps_each_time():
     optimizer = algo.make_optimizer(agent, cfg)
     algo.update(agent, optimizer, rollout, adv, {}, cfg, torch.device("cpu"))
     assert any(not torch.equal(before[k], v) for k, v in agent.state_dict().items())
+
+
+def test_learning_bench_scenes_are_hidden_payoffs_three_and_levels_elsewhere(tmp_path):
+    from multiscene.bench.learning import scenes_of
+    from multiscene.envs.scenes import HIDDEN_PAYOFF_ID, level_scene
+
+    seeds = np.array([5, 0, 5, 17, 3])
+    (tmp_path / "config.json").write_text(json.dumps({"config": {"env": HIDDEN_PAYOFF_ID}}))
+    assert scenes_of(tmp_path, seeds).tolist() == [level_scene(int(s)) for s in seeds]
+    assert set(scenes_of(tmp_path, np.arange(60)).tolist()) == {0, 1, 2}
+    (tmp_path / "config.json").write_text(json.dumps({"config": {"env": "MiniGrid-LavaGapS5-v0"}}))
+    assert scenes_of(tmp_path, seeds).tolist() == seeds.tolist()

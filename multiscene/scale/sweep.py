@@ -24,7 +24,8 @@ What it does, in order:
    ``multiscene.analysis.stats.aggregate_intervals``), plus the other metrics' IQMs.
 
 Metrics. ``train``: ``test_return`` (default, higher is better), ``train_return``, ``test_length``,
-``test_value_error``, ``test_confusion`` (``multiscene.bench.learning.run_metrics``). ``critic-fit``:
+``test_value_error``, ``test_confusion``, ``test_clusters_in_use``, ``test_scene_nmi``
+(``multiscene.bench.learning.run_metrics``). ``critic-fit``:
 ``auc_error_after`` (default, lower is better), ``final_error_after``, ``final_confusion``, ``scene_nmi``,
 ``clusters_in_use``, ``min_cluster_share`` (the smallest of the two largest argmax shares: >= 0.1 means at
 least two clusters in use in issue 14's sense).
@@ -54,7 +55,7 @@ TASKS: tuple[str, ...] = ("train", "critic-fit")
 SCHEDULERS: tuple[str, ...] = ("fifo", "asha")
 TRAIN_METRICS: dict[str, bool] = {
     "test_return": True, "train_return": True, "test_length": False, "test_value_error": False,
-    "test_confusion": False,
+    "test_confusion": False, "test_clusters_in_use": True, "test_scene_nmi": True,
 }
 """``--task train`` metric -> higher is better."""
 FIT_METRICS: dict[str, bool] = {
@@ -417,9 +418,11 @@ def pending(spec: SweepSpec) -> list[Trial]:
     return [t for t in spec.trials if not (spec.out / "trials" / t.name / RESULT_FILE).exists()]
 
 
-def run_sweep(spec: SweepSpec, log: Any = sys.stdout) -> dict[str, Any]:
+def run_sweep(spec: SweepSpec, log: Any = None) -> dict[str, Any]:
     """Run the pending trials on Ray Tune, then write the ranked tables. Returns {"ran", "skipped", "table",
-    "ray_session"} (``ray_session``: the session directory of the Ray instance used, None if none was started)."""
+    "ray_session"} (``ray_session``: the session directory of the Ray instance used, None if none was started).
+    ``log``: where progress lines go (default: sys.stdout at call time)."""
+    log = sys.stdout if log is None else log
     spec.out.mkdir(parents=True, exist_ok=True)
     _write_json(spec.out / "sweep.json", {
         "preset": spec.preset, "task": spec.task, "grid": spec.grid, "fixed": spec.fixed, "seeds": spec.seeds,
