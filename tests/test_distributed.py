@@ -246,7 +246,9 @@ def test_torchrun_sigterm_on_one_rank_checkpoints_all_then_resume_finishes_then_
     tmp_path,
 ):
     run = tmp_path / "run"
-    total = 4 * 8 * 40  # 40 updates: far more than run before the signal arrives
+    # 400 updates: far more than run before the signal arrives. (With 40, a fast machine could finish the loop
+    # before the signal landed; after the loop the default SIGTERM action applies and the job failed.)
+    total = 4 * 8 * 400
 
     # 1. SIGTERM to rank 1 alone: every rank stops at the same update, rank 0 writes one checkpoint, exit 0.
     job = _torchrun(run, total=total)
@@ -256,7 +258,7 @@ def test_torchrun_sigterm_on_one_rank_checkpoints_all_then_resume_finishes_then_
     assert code == 0, out
     assert "received SIGTERM: checkpoint saved at update" in out
     stopped = load_latest_checkpoint(run)
-    assert stopped is not None and stopped.update < 40
+    assert stopped is not None and stopped.update < 400
     assert stopped.state["world_size"] == 2 and len(stopped.state["ranks"]) == 2
     carries = [r["carry"] for r in stopped.state["ranks"]]
     assert not torch.equal(carries[0]["obs"], carries[1]["obs"])  # each rank's own envs were saved
