@@ -115,6 +115,7 @@ def test_learning_bench_tiny(tmp_path, capsys):
     assert trials == ["env=MiniGrid-LavaGapS5-v0_critic=scalar_s1", "env=MiniGrid-LavaGapS5-v0_critic=sparse-dve_s1"]
     assert all((out_dir / "trials" / t / "eval" / "final.json").exists() for t in trials)
     assert "random policy" in (out_dir / "table.md").read_text()
+    assert "| MiniGrid-LavaGapS5-v0 | " in (out_dir / "table.md").read_text().split("Paired by seed")[1]
     iqm = results["aggregate"]["test_return"]["sparse-dve"]
     assert iqm["iqm_ci"][0] <= iqm["iqm"] <= iqm["iqm_ci"][1]
     # A second call reuses the finished runs instead of training again.
@@ -185,3 +186,13 @@ def test_learning_bench_scenes_are_hidden_payoffs_three_and_levels_elsewhere(tmp
     assert set(scenes_of(tmp_path, np.arange(60)).tolist()) == {0, 1, 2}
     (tmp_path / "config.json").write_text(json.dumps({"config": {"env": "MiniGrid-LavaGapS5-v0"}}))
     assert scenes_of(tmp_path, seeds).tolist() == seeds.tolist()
+
+
+def test_learning_bench_paired_differences_by_hand():
+    from multiscene.bench.learning import paired_markdown
+
+    per_run = {("T", "rl2", 1): {"test_value_error": 0.5}, ("T", "rl2", 2): {"test_value_error": 0.2},
+               ("T", "dve", 1): {"test_value_error": 0.3}, ("T", "dve", 2): {"test_value_error": 0.4}}
+    table = paired_markdown(per_run, ["T"], ["rl2", "dve"], seeds=2)
+    # dve - rl2: -0.2 and +0.2 -> mean +0.000, lower in 1 of 2 seeds.
+    assert "| dve - rl2 |" in table and "| T | +0.000 (1 of 2) |" in table

@@ -194,6 +194,25 @@ def _fmt(value: float | None, ci: list[float] | None) -> str:
     return f"{value:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else f"{value:.3f}"
 
 
+def paired_markdown(per_run: dict[tuple[str, str, int], dict[str, float]], tasks: Sequence[str],
+                    methods: Sequence[str], seeds: int, key: str = "test_value_error") -> str:
+    """Per task, each method against each earlier one on the same seeds: the mean difference of ``key`` and
+    in how many seeds the later method is lower (for the value error: better)."""
+    pairs = [(a, b) for i, b in enumerate(methods) for a in methods[:i]]
+    if not pairs:
+        return ""
+    lines = [f"Paired by seed, `{key}` of the second method minus the first's (mean; seeds where it is lower):", "",
+             "| task | " + " | ".join(f"{b} - {a}" for a, b in pairs) + " |", "|---|" + "---|" * len(pairs)]
+    for t in tasks:
+        cells = []
+        for a, b in pairs:
+            diff = np.array([per_run[(t, b, s)][key] - per_run[(t, a, s)][key] for s in range(1, seeds + 1)])
+            diff = diff[np.isfinite(diff)]
+            cells.append("n/a" if not diff.size else f"{diff.mean():+.3f} ({int((diff < 0).sum())} of {diff.size})")
+        lines.append(f"| {t} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def table_markdown(agg: dict[str, Any], tasks: Sequence[str], methods: Sequence[str]) -> str:
     """IQM [95% CI] per metric and method, then the per-task means."""
     lines = ["| metric | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
@@ -287,7 +306,7 @@ def main(argv: list[str]) -> int:
                            f"{ns.out / 'trials'} hold the logs. Run the same command again to retry them.")
     per_run = {trial_key(t): run_metrics(ns.out / "trials" / t.name) for t in spec.trials}
     agg = aggregate(per_run, ns.tasks, ns.methods, ns.seeds)
-    table = table_markdown(agg, ns.tasks, ns.methods)
+    table = table_markdown(agg, ns.tasks, ns.methods) + "\n" + paired_markdown(per_run, ns.tasks, ns.methods, ns.seeds)
     results = {
         "command": "multiscene bench learning " + " ".join(argv),
         "wall_seconds": wall,
