@@ -242,8 +242,12 @@ def figure(agg: dict[str, Any], methods: Sequence[str], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(METRICS), figsize=(3.2 * len(METRICS), 2.8))
-    for ax, (key, label, _higher) in zip(axes, METRICS):
+    cols = min(4, len(METRICS))
+    rows = -(-len(METRICS) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.6 * rows), squeeze=False)
+    for ax in axes.flat[len(METRICS):]:
+        ax.set_visible(False)
+    for ax, (key, label, _higher) in zip(axes.flat, METRICS):
         for i, m in enumerate(methods):
             entry = agg[key][m]
             if entry["iqm"] is None:
