@@ -13,7 +13,13 @@ from multiscene.algos.dreamer import DreamerConfig, validate_dreamer
 from multiscene.algos.dreamer.behavior import Behavior, lambda_returns
 from multiscene.algos.dreamer.replay import EpisodeBuilder, EpisodeReplay
 from multiscene.algos.dreamer.rssm import RSSM, categorical_kl, flatten_time, straight_through_sample
-from multiscene.algos.dreamer.world_model import WorldModel, kl_balance_loss
+from multiscene.algos.dreamer.world_model import (
+    MINIGRID_SYMBOL_CLASSES,
+    WorldModel,
+    kl_balance_loss,
+    one_hot_symbols,
+    symbol_classes_for,
+)
 from multiscene.config import ConfigError
 from multiscene.envs.base import EnvStep
 
@@ -180,6 +186,54 @@ def test_image_reconstruction_has_the_frame_shape() -> None:
     assert wm.decode(torch.randn(2, 3, wm.rssm.feature_size)).shape == (2, 3, 64, 64, 3)
 
 
+def test_symbol_grids_are_one_hot_encoded() -> None:
+    """MiniGrid's uint8 code grids take the one-hot path; frames and float vectors do not."""
+    assert symbol_classes_for((7, 7, 3), np.uint8) == MINIGRID_SYMBOL_CLASSES == 11
+    assert symbol_classes_for((64, 64, 3), np.uint8) is None
+    assert symbol_classes_for((4,), np.float32) is None
+    assert symbol_classes_for((7, 7, 3), np.float32) is None
+    wm = WorldModel((7, 7, 3), 4, SMALL, symbol_classes=11)
+    assert wm.decode(torch.randn(2, 3, wm.rssm.feature_size)).shape == (2, 3, 7, 7, 3, 11)
+    obs = torch.randint(0, 11, (5, 7, 7, 3), dtype=torch.uint8)
+    assert torch.equal(one_hot_symbols(obs, 11).argmax(-1), obs.long())
+    with pytest.raises(ValueError, match="outside the 11 symbol classes"):
+        wm.encoder(torch.full((1, 7, 7, 3), 11, dtype=torch.uint8))
+
+
+def test_world_model_learns_minigrid_views() -> None:
+    """The regression test of the MiniGrid failure (world_model.py): fed as raw integers, the codes of random
+    MiniGrid-Empty-5x5 views left the latents empty and the image loss at the mean view's (0.5 x summed
+    variance) for 1200 train steps. One-hot encoded, 300 steps take it far below that level."""
+    from multiscene.algos.dreamer.loop import store_step
+    from multiscene.envs import make_env
+    from multiscene.envs.base import EnvSpec, LevelSet
+
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    envs = make_env(EnvSpec("MiniGrid-Empty-5x5-v0", 1, 0, LevelSet(0, 1000), max_episode_steps=30))
+    replay, builder = EpisodeReplay(10_000, 16, 7, True), EpisodeBuilder(1, 7)
+    builder.start(0, envs.reset().obs[0], 0)
+    for _ in range(1500):
+        action = rng.integers(7, size=1)
+        store_step(builder, replay, envs.step(action), np.eye(7, dtype=np.float32)[action], True)
+    envs.close()
+    cfg = DreamerConfig(size="small", batch_size=16, seq_len=16, model_lr=6e-4)
+    wm = WorldModel((7, 7, 3), 7, cfg, symbol_classes=symbol_classes_for((7, 7, 3), np.uint8))
+    views = wm.obs_target(torch.as_tensor(np.concatenate([e.obs for e in replay.episodes])))
+    mean_view_loss = float(0.5 * views.var(0, unbiased=False).sum())
+    opt = torch.optim.Adam(wm.parameters(), lr=cfg.model_lr, eps=cfg.adam_eps)
+    losses = []
+    for _ in range(300):
+        b = replay.sample(cfg.batch_size, rng)
+        out = wm.loss(torch.as_tensor(b.obs), torch.as_tensor(b.action), torch.as_tensor(b.reward),
+                      torch.as_tensor(b.discount), torch.as_tensor(b.first), cfg, valid=torch.as_tensor(b.valid))
+        opt.zero_grad()
+        out.total.backward()
+        opt.step()
+        losses.append(float(out.terms["image"].detach()))
+    assert np.mean(losses[-20:]) < 0.6 * mean_view_loss, (np.mean(losses[-20:]), mean_view_loss)
+
+
 @pytest.mark.parametrize("discrete", [True, False])
 def test_behavior_gradients_reach_actor_and_critic_only(discrete: bool) -> None:
     torch.manual_seed(0)
@@ -341,6 +395,8 @@ def test_short_minigrid_run_writes_a_run_dir_and_resumes(tmp_path) -> None:  # t
     # (96 - 40 prefill) / 8 = 7 train steps
     ckpt = load_latest_checkpoint(run_dir)
     assert ckpt is not None and ckpt.state["learner"]["train_steps"] == 7
+    # MiniGrid's views are one-hot encoded: 7 x 7 x 3 codes x 11 classes into the encoder's first layer.
+    assert ckpt.tensors["agent.world_model.encoder.net.0.0.weight"].shape[1] == 7 * 7 * 3 * 11
     final = json.loads((run_dir / "eval" / "final.json").read_text())
     for split in ("train", "test"):
         assert final[split]["episodes"] == 2 and "deterministic" in final[split]

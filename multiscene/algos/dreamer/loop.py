@@ -32,7 +32,7 @@ from multiscene.algos.dreamer import DreamerConfig, validate_dreamer
 from multiscene.algos.dreamer.behavior import Behavior
 from multiscene.algos.dreamer.replay import EpisodeBuilder, EpisodeReplay
 from multiscene.algos.dreamer.rssm import RSSMState, flatten_time
-from multiscene.algos.dreamer.world_model import WorldModel
+from multiscene.algos.dreamer.world_model import WorldModel, symbol_classes_for
 from multiscene.checkpoint import load_latest_checkpoint, save_checkpoint
 from multiscene.config import ConfigError, TrainConfig, check_critic_choice
 from multiscene.envs import make_env
@@ -64,10 +64,12 @@ class PolicyState(NamedTuple):
 class DreamerAgent(nn.Module):
     """World model + behavior, with an ``act`` method for the env loop and evaluation (discrete actions)."""
 
-    def __init__(self, obs_shape: tuple[int, ...], num_actions: int, cfg: DreamerConfig) -> None:
+    def __init__(
+        self, obs_shape: tuple[int, ...], num_actions: int, cfg: DreamerConfig, symbol_classes: int | None = None
+    ) -> None:
         super().__init__()
         self.num_actions = num_actions
-        self.world_model = WorldModel(obs_shape, num_actions, cfg)
+        self.world_model = WorldModel(obs_shape, num_actions, cfg, symbol_classes)
         self.behavior = Behavior(self.world_model.rssm.feature_size, num_actions, True, cfg)
 
     def initial_state(self, batch: int, device: torch.device) -> PolicyState:
@@ -318,7 +320,9 @@ def train(cfg: TrainConfig, dreamer: DreamerConfig, init_from: str | None = None
     device = resolve_device(cfg.device)
     envs = make_env(env_spec(cfg, "train", cfg.num_envs))
     B, A = envs.num_envs, envs.num_actions
-    agent = DreamerAgent(envs.obs_shape, A, dreamer).to(device)
+    # MiniGrid's symbol grids are one-hot encoded (world_model.py: as raw integers the model learned nothing).
+    symbols = symbol_classes_for(envs.obs_shape, getattr(envs, "obs_dtype", np.uint8))
+    agent = DreamerAgent(envs.obs_shape, A, dreamer, symbols).to(device)
     learner = DreamerLearner(agent, dreamer)
     replay = EpisodeReplay(dreamer.replay_capacity, dreamer.seq_len, A, discrete=True)
     builder = EpisodeBuilder(B, A)
