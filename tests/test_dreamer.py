@@ -509,3 +509,41 @@ def test_cli_gives_dreamer_its_own_critic_unless_one_is_asked_for() -> None:
     assert parse_train_args(["--algo", "dreamer", "--critic", "dve"]).critic == "dve"
     assert parse_train_args(["--algo", "dreamer", "--critic=multi"]).critic == "multi"
     assert parse_train_args(["--algo", "impala"]).critic == "sparse-dve"  # IMPALA uses every critic
+
+
+def test_replay_keeps_float_vector_observations_as_floats() -> None:
+    """CartPole-like float vectors (negative and fractional values) come back from the replay unchanged in
+    float32; a cast to uint8 truncated them (and wrapped negatives) before."""
+    replay = EpisodeReplay(capacity=100, seq_len=4, action_size=2, discrete=True)
+    builder = EpisodeBuilder(1, 2)
+    values = [np.array([-0.25, 0.5, 1.75, -3.0]) + i for i in range(3)]
+    builder.start(0, values[0], level=0)
+    for i in (1, 2):
+        builder.append(0, values[i], np.eye(2, dtype=np.float32)[i % 2], 1.0, 1.0)
+    replay.add(builder.finish(0, np.eye(2, dtype=np.float32)[0], 1.0, terminated=True))
+    episode = replay.episodes[0]
+    assert episode.obs.dtype == np.float32
+    np.testing.assert_array_equal(episode.obs[:3], np.stack(values).astype(np.float32))
+    batch = replay.sample(2, np.random.default_rng(0))
+    assert batch.obs.dtype == np.float32 and batch.obs.min() < 0 and not np.all(batch.obs == batch.obs.round())
+    # Frames and symbol grids stay uint8.
+    builder.start(0, np.full((2, 2), 3, np.uint8), level=0)
+    replay.add(builder.finish(0, np.eye(2, dtype=np.float32)[0], 0.0, terminated=True))
+    assert replay.episodes[1].obs.dtype == np.uint8
+
+
+def test_continuous_action_env_is_refused_before_the_run_directory_is_touched(tmp_path) -> None:
+    """Pendulum's Box actions: one ConfigError naming --env and the algorithms that take them; no run dir.
+    CartPole (discrete actions, float vector observations) passes the check."""
+    from multiscene.algos.dreamer.loop import refuse_continuous_actions
+    from multiscene.cli import parse_train_args
+    from multiscene.config import ConfigError
+    from multiscene.trainer import train
+
+    run_dir = tmp_path / "run"
+    cfg = parse_train_args(["--algo", "dreamer", "--env", "Pendulum-v1", "--total-timesteps", "64",
+                            "--run-dir", str(run_dir), "--progress", "none", "--no-tensorboard"])
+    with pytest.raises(ConfigError, match=r"--env Pendulum-v1: .*discrete actions only.*--algo ppo, a2c or acktr"):
+        train(cfg)
+    assert not run_dir.exists()
+    refuse_continuous_actions("CartPole-v1")

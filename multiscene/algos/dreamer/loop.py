@@ -266,6 +266,36 @@ def refuse_unused_choices(cfg: TrainConfig) -> None:
         )
 
 
+def refuse_continuous_actions(env_id: str) -> None:
+    """ConfigError naming ``--env`` when a Gymnasium id (or a part of a multi-level list) has a non-discrete
+    action space: this loop acts, stores and evaluates discrete actions only (``DreamerAgent.act``). Procgen,
+    MiniGrid and Mario are discrete. Checked before the run directory is touched; builds each Gymnasium env once."""
+    import gymnasium
+
+    from multiscene.envs import env_family
+    from multiscene.envs.gymnasium import register_atari
+    from multiscene.envs.multilevel import is_multilevel, split_env_ids
+
+    parts = split_env_ids(env_id) if is_multilevel(env_id) else [env_id]
+    for part in parts:
+        if env_family(part) != "gymnasium":
+            continue
+        register_atari()
+        probe = gymnasium.make(part)
+        try:
+            discrete = isinstance(probe.action_space, gymnasium.spaces.Discrete)
+            space = probe.action_space
+        finally:
+            probe.close()
+        if not discrete:
+            raise ConfigError(
+                f"--env {part}: its action space is {space}, and --algo dreamer acts with discrete actions only "
+                "(DreamerV2's continuous path, dynamics backprop through a tanh-Gaussian actor, exists in the "
+                "behavior module but the env loop does not drive it yet). For continuous control use --algo ppo, "
+                "a2c or acktr."
+            )
+
+
 def agent_tensors(agent: DreamerAgent) -> dict[str, torch.Tensor]:
     return {f"agent.{k}": v for k, v in agent.state_dict().items()}
 
@@ -300,6 +330,8 @@ def train(cfg: TrainConfig, dreamer: DreamerConfig, init_from: str | None = None
     validate_run(cfg, dreamer)
     # The caller's choices only: a resumed run's saved config is not refused for a critic it never used.
     refuse_unused_choices(cfg)
+    if not cfg.resume:
+        refuse_continuous_actions(cfg.env)
     run_dir = Path(cfg.run_dir) if cfg.run_dir else default_run_dir(cfg)
     resume = cfg.resume
     backup = prepare_run_dir(run_dir, resume=resume, overwrite=cfg.overwrite)

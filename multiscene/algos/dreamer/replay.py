@@ -35,7 +35,7 @@ class Episode:
     """One whole episode, arrays with leading dimension n (steps)."""
 
     obs: np.ndarray
-    """[n, *obs_shape] uint8."""
+    """[n, *obs_shape]: uint8 for frames and symbol grids, float32 for float vectors."""
     action: np.ndarray
     """[n, A] float32: one-hot (discrete) or continuous action that led to obs[k]; zeros at k = 0."""
     reward: np.ndarray
@@ -54,7 +54,7 @@ class SequenceBatch:
     """B sequences of L steps, time-major."""
 
     obs: np.ndarray
-    """[L, B, *obs_shape] uint8."""
+    """[L, B, *obs_shape], the episodes' dtype (uint8, or float32 for float vectors)."""
     action: np.ndarray
     """[L, B, A] float32 (a_{t-1})."""
     reward: np.ndarray
@@ -120,7 +120,7 @@ class EpisodeReplay:
         L = self.seq_len
         picks = rng.integers(len(self.episodes), size=batch_size)
         first_ep = self.episodes[0]
-        obs = np.empty((L, batch_size, *first_ep.obs.shape[1:]), dtype=np.uint8)
+        obs = np.empty((L, batch_size, *first_ep.obs.shape[1:]), dtype=first_ep.obs.dtype)
         action = np.empty((L, batch_size, self.action_size), dtype=np.float32)
         reward = np.zeros((L, batch_size), dtype=np.float32)
         discount = np.zeros((L, batch_size), dtype=np.float32)
@@ -219,8 +219,12 @@ class EpisodeBuilder:
         s = self._steps[index]
         last = s["obs"][-1] if final_obs is None else final_obs
         self.append(index, last, action, reward, 0.0 if terminated else 1.0)
+        obs = np.stack(s["obs"])
+        # Frames and symbol grids stay uint8; float vectors (CartPole, MuJoCo) stay floats, in float32: a cast to
+        # uint8 would silently truncate them (and wrap negative values).
+        obs = obs.astype(np.float32) if obs.dtype.kind == "f" else obs.astype(np.uint8)
         return Episode(
-            obs=np.stack(s["obs"]).astype(np.uint8),
+            obs=obs,
             action=np.stack(s["action"]).astype(np.float32),
             reward=np.asarray(s["reward"], dtype=np.float32),
             discount=np.asarray(s["discount"], dtype=np.float32),
