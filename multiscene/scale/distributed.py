@@ -120,6 +120,14 @@ def shutdown() -> None:
         dist.destroy_process_group()
 
 
+def wait_for_all() -> None:
+    """Every rank waits here until all have arrived (nothing to do alone). Called when the training loop ends,
+    before any rank goes on to leave the job: a rank that tore its process group down while rank 0 was still
+    inside the last checkpoint's gather ended with "terminate called without an active exception" (SIGABRT)."""
+    if is_distributed():
+        dist.barrier()
+
+
 def is_peer_failure(error: BaseException) -> bool:
     """True for the errors a collective raises when a peer died or timed out (gloo: "Connection closed by
     peer", nccl: a watchdog timeout); False for anything else, which must surface as itself."""

@@ -318,8 +318,10 @@ def _train(cfg: TrainConfig, algo: OnPolicyAlgorithm, ctx: dist.DistContext, dev
                     logger.log({"update": update, "global_step": global_step, **eval_record(summary)})
             if stop_reason is not None:
                 checkpoint()
+                dist.wait_for_all()
                 progress.message(f"{stop_reason}: checkpoint saved at update {update}; continue with --resume")
                 return run_dir
+            dist.wait_for_all()  # the last checkpoint's collective has finished on every rank
         except Exception as e:
             if ctx.enabled and dist.is_peer_failure(e):
                 where = (f"the last checkpoint is at update {last_checkpoint} in {run_dir}; continue with the "
