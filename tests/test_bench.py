@@ -10,7 +10,6 @@ import json
 import math
 
 import numpy as np
-
 import pytest
 
 from multiscene.bench import main as bench_main

@@ -16,10 +16,10 @@ each run's final evaluation the bench reads held-out and train return and episod
 held-out return (``eval/final.json``), and from the held-out steps (``eval/final_steps_test.npz``) the value error
 ``|V * reward_scale - realized discounted return-to-go|``, the mean confusion ``delta = 1 / (N_b sum_i alpha_i^2)``,
 the clusters in use (clusters that win the argmax of alpha on at least 10% of the steps) and the normalized mutual
-information between the argmax cluster and the scene (HiddenPayoff's three scenes; elsewhere the level). It aggregates runs x tasks per method with the IQM and 95%
-stratified-bootstrap intervals of rliable and writes ``results.json``, ``table.md`` and ``figure.png`` into
-``--out``. Finished trials are reused and an interrupted one resumes from its checkpoint, so an interrupted
-benchmark continues where it stopped with the same command.
+information between the argmax cluster and the scene (HiddenPayoff's three scenes; elsewhere the level). It
+aggregates runs x tasks per method with the IQM and 95% stratified-bootstrap intervals of rliable and writes
+``results.json``, ``table.md`` and ``figure.png`` into ``--out``. Finished trials are reused and an interrupted
+one resumes from its checkpoint, so an interrupted benchmark continues where it stopped with the same command.
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
