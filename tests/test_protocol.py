@@ -129,21 +129,41 @@ def test_end_to_end_with_tiny_dreamer_runs(tmp_path: Path) -> None:
 
     from multiscene.protocol.pretrain import protocol_figures
 
-    figures = protocol_figures(tmp_path / "out")
+    lines: list[str] = []
+    figures = protocol_figures(tmp_path / "out", log=lines.append)
     assert [f.name for f in figures] == ["pretrain_returns.png", "finetune_returns.png", "transfer_returns.png",
-                                         "combined_returns.png", "image_loss.png"]
+                                         "combined_returns.png", "image_loss.png",
+                                         "reconstructions_MiniGrid-Empty-6x6-v0.png"]
     assert all(f.stat().st_size > 1000 for f in figures)
+    assert lines == []  # every agent is a Dreamer agent with a checkpoint: none skipped
+
+    # Fig. 8: one row of observed frames, then one row per agent that did not train on the level, then the
+    # transfer level's own baseline as a reference; the same frames in every row.
+    import numpy as np
+
+    report = tmp_path / "out" / "report"
+    recon = json.loads((report / "reconstructions.json").read_text())["levels"][TRANSFER]
+    assert [r["run"] for r in recon["rows"]] == [
+        "joint/s1", "baseline/MiniGrid-Empty-5x5-v0/s1", "baseline/MiniGrid-DoorKey-5x5-v0/s1",
+        f"baseline/{TRANSFER}/s1"]
+    assert recon["skipped"] == [] and len(recon["shown_steps"]) == 5
+    assert all(r["mse_shown"] > 0 and np.isfinite(r["mse_all_steps"]) for r in recon["rows"])
+    arrays = np.load(report / recon["arrays"])
+    assert list(arrays) == ["observed"] + [r["run"].replace("/", "__") for r in recon["rows"]]
+    assert all(arrays[k].shape == (5, 7, 7, 3) and arrays[k].dtype == np.uint8 for k in arrays)
 
 
-def test_protocol_command_runs_on_policy_runs_with_init_from(tmp_path: Path) -> None:
+def test_protocol_command_runs_on_policy_runs_with_init_from(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """`multiscene protocol pretrain --algo ppo ...`: the on-policy loop takes --init-from, so the protocol
-    works with PPO too (issue 13 item 5); a second call finds everything finished."""
+    works with PPO too (issue 13 item 5); a second call finds everything finished; the report skips the
+    reconstructions (Fig. 8), which need a world model."""
     from safetensors.torch import load_file
 
     from multiscene.cli import main
 
     out = tmp_path / "out"
-    argv = ["protocol", "pretrain", "--algo", "ppo", "--levels", LEVELS, "--steps", "64", "--seeds", "1",
+    argv = ["protocol", "pretrain", "--algo", "ppo", "--levels", LEVELS, "--transfer-levels", TRANSFER, "--steps",
+            "64", "--seeds", "1",
             "--out", str(out), "--critic", "scalar", "--num-envs", "2", "--num-steps", "16", "--num-minibatches",
             "1", "--hidden-size", "16", "--eval-episodes", "1", "--eval-num-envs", "1", "--progress", "none",
             "--max-episode-steps", "8"]
@@ -159,3 +179,56 @@ def test_protocol_command_runs_on_policy_runs_with_init_from(tmp_path: Path) -> 
     with pytest.raises(SystemExit) as again:
         main(argv)
     assert again.value.code == 0
+
+    # The report: PPO agents have no image decoder, so Fig. 8 skips each of them with a line saying so.
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as report:
+        main(["protocol", "report", str(out)])
+    assert report.value.code == 0
+    printed = capsys.readouterr().out
+    assert printed.count("not a Dreamer run") == 4 and "skipped joint/s1" in printed
+    recon = json.loads((out / "report" / "reconstructions.json").read_text())["levels"][TRANSFER]
+    assert recon["rows"] == [] and [s["run"] for s in recon["skipped"]] == [
+        "joint/s1", "baseline/MiniGrid-Empty-5x5-v0/s1", "baseline/MiniGrid-DoorKey-5x5-v0/s1",
+        f"baseline/{TRANSFER}/s1"]
+    assert not list((out / "report").glob("reconstructions_*"))
+
+
+def test_reconstruction_error_falls_as_the_world_model_learns_the_frames() -> None:
+    """Fig. 8's reconstruction (posterior over the observed sequence, decoder mean): a world model trained on a
+    sequence reconstructs it with a fraction of an untrained model's error, and the reconstruction comes back in
+    the observation's own format."""
+    import numpy as np
+    import torch
+
+    from multiscene.algos.dreamer.loop import DreamerAgent
+    from multiscene.algos.dreamer.world_model import symbol_classes_for
+    from multiscene.envs import make_env
+    from multiscene.envs.base import EnvSpec, LevelSet
+    from multiscene.protocol.reconstruct import collect_sequence, reconstruct
+
+    envs = make_env(EnvSpec("MiniGrid-Empty-5x5-v0", 1, seed=3, levels=LevelSet(0, 5), max_episode_steps=12))
+    try:
+        seq = collect_sequence(envs, 30, seed=3)
+        torch.manual_seed(0)
+        cfg = DreamerConfig(size="small")
+        agent = DreamerAgent(envs.obs_shape, envs.num_actions, cfg, symbol_classes_for(envs.obs_shape, np.uint8))
+    finally:
+        envs.close()
+    assert seq.obs.shape == (30, 7, 7, 3) and seq.first[0] and seq.prev_action.shape == (30, 3 + 4)
+    assert (seq.prev_action[seq.first] == 0).all() and (seq.prev_action[~seq.first].sum(1) == 1).all()
+    frames, before = reconstruct(agent, seq)
+    assert frames.shape == seq.obs.shape and frames.dtype == np.uint8 and before.shape == (30,)
+
+    wm = agent.world_model
+    optimizer = torch.optim.Adam(wm.parameters(), lr=3e-3)
+    obs, action = torch.as_tensor(seq.obs)[:, None], torch.as_tensor(seq.prev_action)[:, None]
+    first = torch.as_tensor(seq.first)[:, None]
+    for _ in range(40):
+        out = wm.loss(obs, action, torch.zeros(30, 1), torch.ones(30, 1), first, cfg)
+        optimizer.zero_grad()
+        out.terms["image"].backward()
+        optimizer.step()
+    frames, after = reconstruct(agent, seq)
+    assert after.mean() < 0.3 * before.mean(), (after.mean(), before.mean())
+    assert (frames == seq.obs).mean() > 0.9  # most cells' codes come back

@@ -211,7 +211,7 @@ def _curve(run_dir: Path, key: str) -> tuple[list[float], list[float]]:
     return steps, values
 
 
-def protocol_figures(out: Path | str) -> list[Path]:
+def protocol_figures(out: Path | str, log: Callable[[str], None] = print) -> list[Path]:
     """Draw seed 003's figures from a protocol folder into ``<out>/report/``; returns the PNGs written.
 
     - ``pretrain_returns.png`` (Fig. 3): per pre-training level, the joint agent's train return on that level
@@ -221,8 +221,11 @@ def protocol_figures(out: Path | str) -> list[Path]:
       agents (solid) against baselines (dashed), per level;
     - ``combined_returns.png`` (Fig. 7): fine-tuning curves shifted right by T/N (the pre-training steps spent
       per level) against the baselines at equal steps;
-    - ``image_loss.png`` (Fig. 4): the world model's image loss of every baseline and joint run.
-    Reconstructions of unseen levels (Fig. 8) are not drawn yet.
+    - ``image_loss.png`` (Fig. 4): the world model's image loss of every baseline and joint run;
+    - ``reconstructions_<level>.png`` (Fig. 8), per transfer level: frames of that unseen level and their
+      reconstructions by the seed-1 joint agent and baselines (``multiscene.protocol.reconstruct``, which says
+      which agents and why), with ``reconstructions.json`` (each agent's reconstruction error; runs skipped, such
+      as non-Dreamer ones, and why, also told through ``log``) and the drawn arrays in ``reconstructions_<level>.npz``.
     """
     import matplotlib
 
@@ -295,4 +298,8 @@ def protocol_figures(out: Path | str) -> list[Path]:
     fig.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(fig)
     written.append(path)
+
+    from multiscene.protocol.reconstruct import reconstruction_figures
+
+    written += reconstruction_figures(out, transfer, pre, plans, report, log=log)
     return written
