@@ -6,7 +6,11 @@ Writes ``eval/<tag>.json``::
                "deterministic": {same statistics for the argmax policy}},
      "test": {...}, "random_policy_test": {...} (final only), "global_step": ..., "reward_scale": ...}
 
-The top-level statistics of each split are those of the sampled policy (Procgen's usual protocol). A pass
+The top-level statistics of each split are those of the sampled policy (Procgen's usual protocol). On envs
+that hand out per-episode extras (``pop_episode_extras``: Mario and multi-level sets of Mario levels), each
+split's statistics, its ``deterministic`` ones and ``random_policy_test`` also hold ``x_pos_mean``,
+``x_pos_std`` (the distance travelled, Mario's last ``x_pos``) and ``flag_rate`` (the share that reached the
+flag) over exactly the counted episodes, and each ``per_level`` entry its ``x_pos_mean`` (``summarize``). A pass
 stopped by the final evaluation's step cap (``--final-eval-steps``; issue 15) has ``"capped": true`` and counts
 only the episodes that finished; the top level then holds ``"step_cap"``. For the
 final evaluation it also writes ``eval/final_steps_<split>.npz``: one row per recorded step of the sampled-policy
@@ -144,6 +148,8 @@ class EpisodeResult:
     recorder: EpisodeRecorder | None
     capped: bool = False
     """True when ``max_steps`` stopped the run before every env finished its quota."""
+    extras: list[dict[str, Any] | None] = field(default_factory=list)
+    """The env's extras of each counted episode, in the order of ``episodes`` (``step_extras``)."""
 
 
 @dataclass
@@ -186,6 +192,8 @@ class _Lane:
         self.prev_reward = torch.zeros(B)
         self.state = agent.initial_state(B, device)
         self.episodes: list[EpisodeStats] = []
+        self.extras: list[dict[str, Any] | None] = []
+        step_extras(spec.envs, [])  # drop extras of episodes from before this pass
         self.recorder = EpisodeRecorder() if spec.record else None
         self.finished_ids: set[int] = set()
         self.steps = 0
@@ -201,12 +209,14 @@ class _Lane:
         return True
 
     def count(self, finished: list[EpisodeStats]) -> bool:
-        """Count the episodes that ended (each env's first ``quota`` only); True when the count grew."""
+        """Count the episodes that ended (each env's first ``quota`` only), with their extras; True when the
+        count grew. Call right after the env step that ended them (the extras are popped from the env here)."""
         before = len(self.episodes)
-        for ep in finished:
+        for ep, extra in zip(finished, step_extras(self.spec.envs, finished)):
             i = ep.env_index
             if self.done_count[i] < self.quota[i]:
                 self.episodes.append(ep)
+                self.extras.append(extra)
                 self.finished_ids.add(int(self.slot_offset[i] + self.done_count[i]))
             self.done_count[i] += 1
         return len(self.episodes) > before
@@ -215,7 +225,7 @@ class _Lane:
         if self.capped and self.recorder is not None and not self._kept:
             self.recorder.keep_episodes(self.finished_ids)
             self._kept = True
-        return EpisodeResult(self.episodes, self.recorder, self.capped)
+        return EpisodeResult(self.episodes, self.recorder, self.capped, self.extras)
 
 
 @torch.no_grad()
@@ -375,7 +385,39 @@ def random_actions(envs: VecEnv, num: int, generator: torch.Generator) -> torch.
     return torch.as_tensor(low, dtype=torch.float32) + u * torch.as_tensor(high - low, dtype=torch.float32)
 
 
-def summarize(episodes: list[EpisodeStats]) -> dict[str, Any]:
+def step_extras(envs: VecEnv, finished: list[EpisodeStats]) -> list[dict[str, Any] | None]:
+    """The env's extras of each episode in ``finished`` (the episodes of the step just taken), in their order:
+    what ``pop_episode_extras`` hands out (Mario: ``x_pos``, ``flag_get``; a multi-level set passes its
+    sub-envs' on). None for each where the env keeps no extras, or where their count differs from the episodes'
+    (they could not be paired). Pops them, so call it once per step; with ``finished`` empty it only drops them.
+
+    Both envs that keep extras add an episode's extras in the same loop, in the same order, as its
+    ``EpisodeStats``, so one step's extras pair with its episodes by position."""
+    pop = getattr(envs, "pop_episode_extras", None)
+    extras = pop() if pop is not None else []
+    if len(extras) != len(finished):
+        return [None] * len(finished)
+    return list(extras)
+
+
+def extras_stats(extras: list[dict[str, Any] | None]) -> dict[str, Any]:
+    """``x_pos_mean``, ``x_pos_std`` and ``flag_rate`` (Mario's distance travelled and share of flags reached)
+    of the episodes whose extras hold them; empty when none does, so other envs' summaries keep their keys."""
+    out: dict[str, Any] = {}
+    x_pos = np.array([float(x["x_pos"]) for x in extras if x is not None and "x_pos" in x], dtype=np.float64)
+    if len(x_pos):
+        out["x_pos_mean"] = float(x_pos.mean())
+        out["x_pos_std"] = float(x_pos.std())
+    flags = [bool(x["flag_get"]) for x in extras if x is not None and "flag_get" in x]
+    if flags:
+        out["flag_rate"] = float(np.mean(flags))
+    return out
+
+
+def summarize(episodes: list[EpisodeStats], extras: list[dict[str, Any] | None] | None = None) -> dict[str, Any]:
+    """Return, length and success statistics of ``episodes``, overall and per level; with ``extras`` (the env's
+    extras of each episode, in order: ``step_extras``) also those of ``extras_stats``, overall and ``x_pos_mean``
+    per level."""
     returns = np.array([e.episode_return for e in episodes], dtype=np.float64)
     lengths = np.array([e.length for e in episodes], dtype=np.float64)
     successes = [e.success for e in episodes if e.success is not None]
@@ -385,7 +427,7 @@ def summarize(episodes: list[EpisodeStats]) -> dict[str, Any]:
         d["episodes"] += 1
         d["return_sum"] += e.episode_return
         d["successes"] += int(bool(e.success))
-    return {
+    summary = {
         "return_mean": float(returns.mean()) if len(returns) else None,
         "return_std": float(returns.std()) if len(returns) else None,
         "length_mean": float(lengths.mean()) if len(lengths) else None,
@@ -400,6 +442,15 @@ def summarize(episodes: list[EpisodeStats]) -> dict[str, Any]:
             for seed, d in sorted(per_level.items(), key=lambda kv: int(kv[0]))
         },
     }
+    if extras is not None:
+        if len(extras) != len(episodes):
+            raise ValueError(f"summarize: {len(extras)} extras for {len(episodes)} episodes")
+        summary.update(extras_stats(extras))
+        for seed, level in summary["per_level"].items():
+            x_pos = extras_stats([x for e, x in zip(episodes, extras) if str(e.level_seed) == seed])
+            if "x_pos_mean" in x_pos:
+                level["x_pos_mean"] = x_pos["x_pos_mean"]
+    return summary
 
 
 def evaluate_run_splits(
@@ -459,7 +510,7 @@ def evaluate_run_splits(
             spec.envs.close()
         agent.train(was_training)
     for (split, mode), res in zip([tuple(spec.name.split("/")) for spec in specs], results):
-        stats = summarize(res.episodes)
+        stats = summarize(res.episodes, res.extras)
         if max_steps is not None:
             stats["capped"] = res.capped
         if mode == "random-policy":

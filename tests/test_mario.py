@@ -102,3 +102,26 @@ def test_short_mario_run(tmp_path) -> None:  # type: ignore[no-untyped-def]
     records = read_metrics(run_dir / "metrics.jsonl")
     assert any("charts/x_pos" in r for r in records)
     assert any("dreamer/image_loss" in r for r in records)
+
+
+def test_dreamer_evaluation_episodes_carry_their_own_extras_on_a_mario_level_set() -> None:
+    """The multi-level env passes Mario's extras on, paired with their episodes: each counted episode's extras
+    name the level it was played on (``run_policy_episodes``; the fake env of test_eval_extras.py checks the
+    numbers that reach eval/<tag>.json)."""
+    import torch
+
+    from multiscene.algos.dreamer import DreamerConfig
+    from multiscene.algos.dreamer.loop import DreamerAgent, run_policy_episodes
+    from multiscene.envs import make_env
+
+    envs = make_env(EnvSpec("mario:1-1,1-2", 2, seed=5, levels=LevelSet(0, 1), max_episode_steps=3))
+    try:
+        agent = DreamerAgent((64, 64, 1), 12, DreamerConfig(size="small"))
+        extras: list = []
+        episodes = run_policy_episodes(agent, envs, 4, False, torch.device("cpu"), extras=extras)
+        names = envs.level_names
+    finally:
+        envs.close()
+    assert len(episodes) == len(extras) == 4
+    assert [f"mario:{x['level']}" for x in extras] == [names[e.level_seed] for e in episodes]
+    assert all(x["x_pos"] > 0 and x["flag_get"] is False for x in extras)

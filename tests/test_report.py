@@ -241,6 +241,20 @@ def test_run_with_only_a_periodic_evaluation_uses_it_and_is_partial(tmp_path: Pa
     summary = build_report(run, FAST)
     assert summary["final_eval"]["test"]["return_mean"] == 0.125
     assert any("update-00000010.json" in p for p in summary["problems"])
+    assert "x_pos" not in (run / "report" / "index.html").read_text()  # no distance column off Mario
+
+
+def test_mario_evaluation_shows_the_distance_travelled(tmp_path: Path) -> None:
+    """Issue 13 measures Mario by distance: the evaluation table gets x_pos columns where eval/<tag>.json has
+    them (multiscene.evaluate.summarize on Mario)."""
+    run = write_fake_run(tmp_path / "mario", with_eval=False)
+    (run / "eval").mkdir()
+    stats = {"return_mean": 1.0, "length_mean": 30.0, "x_pos_mean": 654.5, "deterministic": {"x_pos_mean": 1234.25}}
+    (run / "eval" / "update-00000010.json").write_text(json.dumps({"train": stats, "test": stats, "global_step": 2560}))
+    build_report(run, FAST)
+    page = (run / "report" / "index.html").read_text()
+    assert "<th>x_pos mean</th><th>deterministic x_pos</th>" in page
+    assert "<td>654.5</td><td>1234</td>" in page
 
 
 def _one_episode(rewards: list[float], truncated: bool | None, final_value: float | None = None) -> dict:

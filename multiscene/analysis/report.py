@@ -108,13 +108,17 @@ def learning_section(run: RunData, out: Path, opts: ReportOptions) -> tuple[Sect
         section.text.append("No episode finished in the logged updates: no learning curve to draw.")
     if run.eval_summary is not None:
         rows = []
+        # Mario's distance travelled (issue 13), where the evaluation measured it (multiscene.evaluate.summarize).
+        x_pos = any("x_pos_mean" in (run.eval_summary.get(split) or {}) for split in SPLITS)
         for split in SPLITS:
             s = run.eval_summary.get(split) or {}
             det = s.get("deterministic") or {}
             rows.append([split, s.get("return_mean"), s.get("return_std"), s.get("length_mean"), s.get("success_rate"),
-                         s.get("episodes"), det.get("return_mean")])
+                         s.get("episodes"), det.get("return_mean")]
+                        + ([s.get("x_pos_mean"), det.get("x_pos_mean")] if x_pos else []))
         section.tables.append((["split", "return mean", "return std", "length mean", "success rate", "episodes",
-                                "deterministic return"], rows))
+                                "deterministic return"] + (["x_pos mean", "deterministic x_pos"] if x_pos else []),
+                               rows))
         section.text.append(f"Evaluation: eval/{run.eval_tag}.json (sampled policy; global step "
                             f"{run.eval_summary.get('global_step')}).")
     return section, summary

@@ -37,7 +37,7 @@ from multiscene.checkpoint import load_latest_checkpoint, save_checkpoint
 from multiscene.config import ConfigError, TrainConfig, check_critic_choice
 from multiscene.envs import make_env
 from multiscene.envs.base import EnvError, EnvStep, EpisodeStats, VecEnv
-from multiscene.evaluate import summarize
+from multiscene.evaluate import step_extras, summarize
 from multiscene.logger import METRICS_FILE, MetricsLogger, Progress, truncate_metrics
 from multiscene.rundir import atomic_write_json, prepare_run_dir
 from multiscene.runtime import (
@@ -555,7 +555,7 @@ def _eval_record(summary: dict[str, Any]) -> dict[str, float]:
     out = {}
     for split, stats in summary.items():
         if isinstance(stats, dict):
-            for key in ("return_mean", "return_std", "length_mean", "success_rate"):
+            for key in ("return_mean", "return_std", "length_mean", "success_rate", "x_pos_mean"):
                 if stats.get(key) is not None:
                     out[f"eval/{split}/{key}"] = stats[key]
     return out
@@ -568,24 +568,29 @@ def _eval_record(summary: dict[str, Any]) -> dict[str, float]:
 @torch.no_grad()
 def run_policy_episodes(
     agent: DreamerAgent, envs: VecEnv, num_episodes: int, deterministic: bool, device: torch.device,
-    random_policy: bool = False,
+    random_policy: bool = False, extras: list[dict[str, Any] | None] | None = None,
 ) -> list[EpisodeStats]:
     """Exactly ``num_episodes`` episodes, each env owning a fixed quota (no bias towards short episodes), as
-    ``multiscene.evaluate.run_episodes`` counts them."""
+    ``multiscene.evaluate.run_episodes`` counts them. ``extras``, where given, is filled with the env's extras of
+    each returned episode, in their order (``multiscene.evaluate.step_extras``; Mario's x_pos and flag_get), so
+    the evaluation can report the distance travelled over exactly the counted episodes."""
     B = envs.num_envs
     quota = np.full(B, num_episodes // B)
     quota[: num_episodes % B] += 1
     done_count = np.zeros(B, dtype=np.int64)
     step = envs.reset()
+    step_extras(envs, [])  # drop extras of episodes from before this pass
     obs, first = torch.as_tensor(step.obs), torch.ones(B, dtype=torch.bool)
     state = agent.initial_state(B, device)
     episodes: list[EpisodeStats] = []
     while (done_count < quota).any():
         action, state = agent.act(obs.to(device), first.to(device), state, deterministic, random_policy)
         result = envs.step(action.cpu().numpy())
-        for ep in result.episodes:
+        for ep, extra in zip(result.episodes, step_extras(envs, result.episodes)):
             if done_count[ep.env_index] < quota[ep.env_index]:
                 episodes.append(ep)
+                if extras is not None:
+                    extras.append(extra)
             done_count[ep.env_index] += 1
         obs, first = torch.as_tensor(result.obs), torch.as_tensor(result.first)
     return episodes
@@ -596,7 +601,10 @@ def evaluate_dreamer(
     global_step: int | None = None, num_episodes: int | None = None, gamma: float | None = None,
 ) -> dict[str, Any]:
     """Train and test splits, sampled and deterministic, plus the random policy on test levels (final only);
-    writes ``eval/<tag>.json``. Per-step and frame files (``final_steps_*.npz``) are not written yet."""
+    writes ``eval/<tag>.json``. On Mario (one level or a multi-level set) every pass's statistics also hold the
+    distance travelled, ``x_pos_mean`` and ``x_pos_std``, and ``flag_rate`` (issue 13 measures Mario 1-1 by
+    distance; ``multiscene.evaluate.summarize``). Per-step and frame files (``final_steps_*.npz``) are not
+    written yet."""
     n = num_episodes or cfg.eval_episodes
     eval_dir = run_dir / "eval"
     eval_dir.mkdir(parents=True, exist_ok=True)
@@ -611,21 +619,24 @@ def evaluate_dreamer(
                 envs = make_env(env_spec(cfg, split, min(cfg.eval_num_envs, n), seed_offset=101 + int(deterministic)))
                 try:
                     summary.setdefault("level_names", getattr(envs, "level_names", None))
-                    episodes = run_policy_episodes(agent, envs, n, deterministic, device)
+                    extras: list[dict[str, Any] | None] = []
+                    episodes = run_policy_episodes(agent, envs, n, deterministic, device, extras=extras)
                 finally:
                     envs.close()
                 if deterministic:
-                    stats["deterministic"] = summarize(episodes)
+                    stats["deterministic"] = summarize(episodes, extras)
                 else:
-                    stats.update(summarize(episodes))
+                    stats.update(summarize(episodes, extras))
             summary[split] = stats
         if tag == "final":
             envs = make_env(env_spec(cfg, "test", min(cfg.eval_num_envs, n), seed_offset=101))
+            extras = []
             try:
-                episodes = run_policy_episodes(agent, envs, n, False, device, random_policy=True)
+                episodes = run_policy_episodes(agent, envs, n, False, device, random_policy=True, extras=extras)
             finally:
                 envs.close()
-            summary["random_policy_test"] = {k: v for k, v in summarize(episodes).items() if k != "per_level"}
+            summary["random_policy_test"] = {k: v for k, v in summarize(episodes, extras).items()
+                                             if k != "per_level"}
     finally:
         agent.train(was_training)
     atomic_write_json(eval_dir / f"{tag}.json", summary)

@@ -470,7 +470,7 @@ def eval_record(summary: dict[str, Any]) -> dict[str, float]:
     out = {}
     for split, stats in summary.items():
         if isinstance(stats, dict):
-            for key in ("return_mean", "return_std", "length_mean", "success_rate"):
+            for key in ("return_mean", "return_std", "length_mean", "success_rate", "x_pos_mean"):
                 if key in stats and stats[key] is not None:
                     out[f"eval/{split}/{key}"] = stats[key]
     return out
