@@ -23,6 +23,8 @@ def test_level_sets_follow_the_seed() -> None:
     assert len(e10) == 10 and "2-2" not in e10 and "2-3" not in e10  # underwater 2-2 and 2-3 excluded (§5.3)
     assert set(LEVEL_SETS["E4"]) <= set(e10)
     assert parse_mario_levels("mario:transfer") == ["1-1", "1-2", "1-3", "1-4"]
+    # the protocol's joint run joins single-level ids (plan_runs: "mario:3-1,mario:3-2")
+    assert parse_mario_levels("mario:3-1,mario:3-2") == ["3-1", "3-2"]
     assert not set(LEVEL_SETS["transfer"]) & set(e10)
 
 

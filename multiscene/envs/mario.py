@@ -16,7 +16,8 @@ episode ends when Mario dies or reaches the flag. No gym wrapper is used; the pr
   ``(64, 64, 1)``.
 
 Each finished episode's last ``x_pos`` and ``flag_get`` are kept and handed out by ``pop_episode_extras()``
-(the loop logs them as ``charts/x_pos``, ``charts/flag_get``). ``EpisodeStats.success`` is ``flag_get``.
+(the loop logs them as ``charts/x_pos``, ``charts/flag_get``; the evaluations report ``x_pos_mean``, ``x_pos_std``
+and ``flag_rate`` per pass, ``multiscene.evaluate.summarize``). ``EpisodeStats.success`` is ``flag_get``.
 
 Level ids: ``mario:W-S`` (worlds 1-8, stages 1-4); a comma list or a named set (``mario:E4``, ``mario:E10``,
 ``mario:transfer``) is a multi-level env (``multiscene.envs.multilevel``). The emulator state cannot be
@@ -64,12 +65,16 @@ def is_mario(env_id: str) -> bool:
 
 
 def parse_mario_levels(env_id: str, flag: str = "--env") -> list[str]:
-    """``mario:3-1,3-2`` or ``mario:E4`` -> ``["3-1", "3-2", ...]``; ConfigError for unknown or repeated levels."""
+    """``mario:3-1,3-2`` or ``mario:E4`` -> ``["3-1", "3-2", ...]``; ConfigError for unknown or repeated levels.
+
+    Each part may repeat the prefix (``mario:3-1,mario:3-2``): that is how the protocol's joint run and
+    ``MultiLevelVecEnv.env_id`` join the ids of single levels."""
     if not is_mario(env_id):
         raise ConfigError(f"{flag} {env_id!r}: a Mario env id starts with {MARIO_PREFIX!r}, e.g. mario:1-1.")
     body = env_id[len(MARIO_PREFIX):]
     levels: list[str] = []
     for part in (p.strip() for p in body.split(",")):
+        part = part[len(MARIO_PREFIX):] if part.startswith(MARIO_PREFIX) else part
         if part in LEVEL_SETS:
             levels.extend(LEVEL_SETS[part])
         elif _LEVEL_RE.match(part):
