@@ -22,6 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from multiscene.children import end_with_this_process
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -41,7 +43,7 @@ def run(nproc: int, run_dir: Path, train_args: list[str]) -> dict[str, float]:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     start = time.time()
     res = subprocess.run([*launcher, "train", *train_args, "--run-dir", str(run_dir)], cwd=ROOT, env=env,
-                         capture_output=True, text=True)
+                         capture_output=True, text=True, preexec_fn=end_with_this_process())
     wall = time.time() - start
     if res.returncode != 0:
         raise SystemExit(f"{nproc}-process run failed:\n{res.stdout[-2000:]}\n{res.stderr[-4000:]}")

@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 
 from multiscene.analysis.stats import mean_abs_to_group_median
+from multiscene.children import end_with_this_process
 from multiscene.config import DVEConfig, TrainConfig
 from multiscene.envs.scenes import HIDDEN_PAYOFF_ID, SCENE_PAYOFFS, level_scene
 
@@ -408,9 +409,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             for cfg in configs:
                 _train_one(cfg)
         else:
-            # spawn: a fresh interpreter per worker, so no torch thread pool or RNG is inherited by fork.
+            # spawn: a fresh interpreter per worker, so no torch thread pool or RNG is inherited by fork; the
+            # workers end with this process if it is killed (multiscene/children.py).
             context = multiprocessing.get_context("spawn")
-            with concurrent.futures.ProcessPoolExecutor(max_workers=args.jobs, mp_context=context) as pool:
+            with concurrent.futures.ProcessPoolExecutor(max_workers=args.jobs, mp_context=context,
+                                                        initializer=end_with_this_process()) as pool:
                 for future in [pool.submit(_train_one, cfg) for cfg in configs]:
                     future.result()
     runs = []

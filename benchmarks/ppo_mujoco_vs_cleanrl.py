@@ -44,6 +44,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from multiscene.children import end_with_this_process
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CLEANRL_PYTHON = "/work/peer_venvs/cleanrl_mujoco/bin/python"
 DEFAULT_CLEANRL_SCRIPT = "/work/shared/peers/cleanrl/ppo_continuous_action.py"
@@ -104,7 +106,7 @@ def _load() -> float:
 def run_ours(args: argparse.Namespace, work: Path, round_index: int) -> Measurement:
     run_dir = work / f"ours-{round_index}"
     load0, t0 = _load(), time.perf_counter()
-    proc = subprocess.run(ours_command(sys.executable, args, run_dir), env=_env(args.threads), cwd=work,
+    proc = subprocess.run(ours_command(sys.executable, args, run_dir), env=_env(args.threads), preexec_fn=end_with_this_process(), cwd=work,
                           capture_output=True, text=True, check=False)
     wall, load1 = time.perf_counter() - t0, _load()
     if proc.returncode != 0:
@@ -120,7 +122,7 @@ def run_cleanrl(args: argparse.Namespace, work: Path, round_index: int) -> Measu
     cwd = work / f"cleanrl-{round_index}"  # CleanRL writes runs/ (TensorBoard) into its working directory
     cwd.mkdir(parents=True, exist_ok=True)
     load0, t0 = _load(), time.perf_counter()
-    proc = subprocess.run(cleanrl_command(args), env=_env(args.threads), cwd=cwd, capture_output=True, text=True,
+    proc = subprocess.run(cleanrl_command(args), env=_env(args.threads), preexec_fn=end_with_this_process(), cwd=cwd, capture_output=True, text=True,
                           check=False)
     wall, load1 = time.perf_counter() - t0, _load()
     if proc.returncode != 0:
@@ -138,7 +140,7 @@ def profile_ours(args: argparse.Namespace, work: Path, top: int = 25) -> str:
     import pstats
 
     out = work / "ours.prof"
-    proc = subprocess.run(ours_command(sys.executable, args, work / "ours-profile", out), env=_env(args.threads),
+    proc = subprocess.run(ours_command(sys.executable, args, work / "ours-profile", out), env=_env(args.threads), preexec_fn=end_with_this_process(),
                           cwd=work, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise RuntimeError(f"profiled run failed:\n{proc.stderr[-4000:]}")

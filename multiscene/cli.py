@@ -211,6 +211,9 @@ COMMANDS = {"train": cmd_train, "eval": cmd_eval, "report": cmd_report, "compare
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    from multiscene.children import honour_parent_request
+
+    honour_parent_request()  # a benchmark that started this process and dies takes it along (children.py)
     from multiscene.config import ConfigError
 
     args = list(sys.argv[1:] if argv is None else argv)

@@ -30,6 +30,8 @@ from typing import Any
 
 import numpy as np
 
+from multiscene.children import child_env
+
 __all__ = [
     "REPO",
     "Run",
@@ -114,7 +116,8 @@ def train(run: Run, command: Sequence[str]) -> tuple[float, int]:
     if finished(run):
         return 0.0, 0
     run.run_dir.parent.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    # child_env: the run ends with this process if it is killed (multiscene/children.py), never left behind.
+    env = child_env(dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1"))
     env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     start = time.time()
     with open(run.run_dir.parent / f"{run.run_dir.name}.log", "w") as log:
