@@ -239,3 +239,28 @@ def test_continuous_resume_continues_identically(tmp_path: Path) -> None:
     assert a is not None and b is not None
     for key in a.tensors:
         assert torch.allclose(a.tensors[key], b.tensors[key], atol=1e-6), key
+
+
+def test_tanh_gaussian_entropy_matches_monte_carlo_and_stays_bounded_when_saturated() -> None:
+    """The entropy estimate is unbiased (its mean over samples matches -E[log p(a)] computed from the pre-tanh
+    samples, where nothing is clamped), and for a saturated actor it stays bounded with no gradient that pushes
+    the mean further out (the atanh-based -log p grew without bound there, see ``ActionDist.entropy``)."""
+    import math
+
+    from multiscene.algos.dreamer.behavior import ActionDist
+
+    torch.manual_seed(0)
+    mean, std = torch.tensor([[0.3, -0.8]]).expand(200_000, 2), torch.tensor([[0.5, 1.2]]).expand(200_000, 2)
+    dist = ActionDist(False, mean=mean, std=std)
+    u = mean + std * torch.randn(mean.shape)
+    a = torch.tanh(u)
+    normal = -0.5 * ((u - mean) / std).pow(2) - torch.log(std) - 0.5 * math.log(2 * math.pi)
+    exact_log_p = (normal - 2.0 * (math.log(2.0) - u - torch.nn.functional.softplus(-2.0 * u))).sum(-1)
+    assert abs(float(dist.entropy(a).mean()) - float(-exact_log_p.mean())) < 0.02
+
+    raw_mean = torch.full((4, 1), 50.0, requires_grad=True)
+    saturated = ActionDist(False, mean=raw_mean, std=torch.full((4, 1), 0.5))
+    entropy = saturated.entropy(saturated.sample())
+    assert torch.isfinite(entropy).all() and float(entropy.detach().max()) < 0.0
+    entropy.sum().backward()
+    assert raw_mean.grad is not None and float(raw_mean.grad.max()) <= 0.0
