@@ -532,18 +532,20 @@ def test_replay_keeps_float_vector_observations_as_floats() -> None:
     assert replay.episodes[1].obs.dtype == np.uint8
 
 
-def test_continuous_action_env_is_refused_before_the_run_directory_is_touched(tmp_path) -> None:
-    """Pendulum's Box actions: one ConfigError naming --env and the algorithms that take them; no run dir.
-    CartPole (discrete actions, float vector observations) passes the check."""
-    from multiscene.algos.dreamer.loop import refuse_continuous_actions
+def test_unsupported_action_space_is_refused_before_the_run_directory_is_touched(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A multi-level list with a Box-action env (the multi-level env steps integer actions): one ConfigError
+    naming --env and what is allowed; no run dir. Pendulum alone (a 1-D Box) and CartPole pass the check
+    (tests/test_dreamer_continuous.py runs Pendulum)."""
+    from multiscene.algos.dreamer.loop import check_action_space
     from multiscene.cli import parse_train_args
     from multiscene.config import ConfigError
     from multiscene.trainer import train
 
     run_dir = tmp_path / "run"
-    cfg = parse_train_args(["--algo", "dreamer", "--env", "Pendulum-v1", "--total-timesteps", "64",
+    cfg = parse_train_args(["--algo", "dreamer", "--env", "CartPole-v1,Pendulum-v1", "--total-timesteps", "64",
                             "--run-dir", str(run_dir), "--progress", "none", "--no-tensorboard"])
-    with pytest.raises(ConfigError, match=r"--env Pendulum-v1: .*discrete actions only.*--algo ppo, a2c or acktr"):
+    with pytest.raises(ConfigError, match=r"--env CartPole-v1,Pendulum-v1: Pendulum-v1 .*Discrete actions only"):
         train(cfg)
     assert not run_dir.exists()
-    refuse_continuous_actions("CartPole-v1")
+    check_action_space("CartPole-v1")
+    check_action_space("Pendulum-v1")

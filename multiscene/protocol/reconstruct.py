@@ -76,7 +76,10 @@ def collect_sequence(envs: Any, steps: int, seed: int) -> ObservedSequence:
         elif discrete:
             prev.append(np.eye(size, dtype=np.float32)[int(action[0])])
         else:
-            prev.append(np.asarray(action[0], np.float32))
+            # The RSSM reads the [-1, 1] vector the actor emits, not the env's units (DreamerAgent.env_actions).
+            low = np.where(np.isfinite(spec.low), spec.low, -1.0)
+            high = np.where(np.isfinite(spec.high), spec.high, 1.0)
+            prev.append(((np.asarray(action[0], np.float64) - low) / (high - low) * 2.0 - 1.0).astype(np.float32))
     return ObservedSequence(np.stack(obs), np.stack(prev), np.array(first))
 
 
@@ -117,7 +120,8 @@ def load_dreamer_agent(run_dir: Path, envs: Any, device: torch.device) -> Any:
         raise ConfigError(f"{run_dir} has no config.json (the run has not started)")
     dreamer = load_dreamer_config(run_dir)
     symbols = symbol_classes_for(tuple(envs.obs_shape), getattr(envs, "obs_dtype", np.uint8))
-    agent = DreamerAgent(tuple(envs.obs_shape), int(envs.num_actions), dreamer, symbols).to(device)
+    agent = DreamerAgent(tuple(envs.obs_shape), int(envs.num_actions), dreamer, symbols,
+                         getattr(envs, "action_spec", None)).to(device)
     init_agent_from(agent, run_dir)
     agent.eval()
     return agent

@@ -36,7 +36,7 @@ from multiscene.algos.dreamer.world_model import WorldModel, symbol_classes_for
 from multiscene.checkpoint import load_latest_checkpoint, save_checkpoint
 from multiscene.config import ConfigError, TrainConfig, check_critic_choice
 from multiscene.envs import make_env
-from multiscene.envs.base import EnvError, EnvStep, EpisodeStats, VecEnv
+from multiscene.envs.base import ActionSpec, EnvError, EnvStep, EpisodeStats, VecEnv
 from multiscene.evaluate import step_extras, summarize
 from multiscene.logger import METRICS_FILE, MetricsLogger, Progress, truncate_metrics
 from multiscene.rundir import atomic_write_json, prepare_run_dir
@@ -58,19 +58,41 @@ class PolicyState(NamedTuple):
 
     rssm: RSSMState
     prev_action: torch.Tensor
-    """[B, A] one-hot action taken at the previous step (reset to zeros where an episode starts)."""
+    """[B, A] action taken at the previous step as the RSSM reads it: one-hot (discrete) or in [-1, 1]^A
+    (continuous); reset to zeros where an episode starts."""
 
 
 class DreamerAgent(nn.Module):
-    """World model + behavior, with an ``act`` method for the env loop and evaluation (discrete actions)."""
+    """World model + behavior, with an ``act`` method for the env loop and evaluation.
+
+    ``action_spec`` (the env's ``VecEnv.action_spec``; None: ``num_actions`` discrete actions) picks the actor:
+    a categorical over ``num_actions`` actions, or for a continuous spec a tanh-Gaussian over its ``n``
+    dimensions. Continuous actions live in [-1, 1]^n everywhere inside the agent (actor, RSSM input, replay),
+    as DreamerV2's ``NormalizeAction`` wrapper arranges; ``env_actions`` maps them to the Box's [low, high]
+    only on their way to the env, so the world model never sees the env's units."""
 
     def __init__(
-        self, obs_shape: tuple[int, ...], num_actions: int, cfg: DreamerConfig, symbol_classes: int | None = None
+        self, obs_shape: tuple[int, ...], num_actions: int, cfg: DreamerConfig, symbol_classes: int | None = None,
+        action_spec: ActionSpec | None = None,
     ) -> None:
         super().__init__()
+        self.discrete = action_spec is None or action_spec.kind == "discrete"
+        if action_spec is not None and action_spec.n != num_actions:
+            raise ValueError(f"num_actions {num_actions} does not match the action spec's {action_spec.n}")
         self.num_actions = num_actions
+        """Number of discrete actions, or the dimension of a continuous action."""
+        self.action_low: np.ndarray | None = None
+        self.action_high: np.ndarray | None = None
+        if not self.discrete:
+            assert action_spec is not None and action_spec.low is not None and action_spec.high is not None
+            low = np.asarray(action_spec.low, dtype=np.float32)
+            high = np.asarray(action_spec.high, dtype=np.float32)
+            # A dimension with an infinite bound maps [-1, 1] onto itself (DreamerV2's NormalizeAction).
+            finite = np.isfinite(low) & np.isfinite(high)
+            self.action_low = np.where(finite, low, -1.0).astype(np.float32)
+            self.action_high = np.where(finite, high, 1.0).astype(np.float32)
         self.world_model = WorldModel(obs_shape, num_actions, cfg, symbol_classes)
-        self.behavior = Behavior(self.world_model.rssm.feature_size, num_actions, True, cfg)
+        self.behavior = Behavior(self.world_model.rssm.feature_size, num_actions, self.discrete, cfg)
 
     def initial_state(self, batch: int, device: torch.device) -> PolicyState:
         return PolicyState(self.world_model.rssm.initial_state(batch, device),
@@ -81,16 +103,45 @@ class DreamerAgent(nn.Module):
         self, obs: torch.Tensor, first: torch.Tensor, state: PolicyState, deterministic: bool = False,
         random_action: bool = False,
     ) -> tuple[torch.Tensor, PolicyState]:
-        """Filter one observation ``obs`` [B, *obs] (``first`` [B] bool) and pick actions [B] (long):
-        the actor's sample, its mode, or uniformly random (prefill). The level id is never an input."""
+        """Filter one observation ``obs`` [B, *obs] (``first`` [B] bool) and pick actions: the actor's sample,
+        its mode, or uniformly random (prefill). Discrete: [B] long; continuous: [B, A] float in [-1, 1]
+        (pass them through ``env_actions`` before ``envs.step``). The level id is never an input."""
         embed = self.world_model.encoder(obs)
         post, _ = self.world_model.rssm.obs_step(state.rssm, state.prev_action, embed, first)
+        if not self.discrete:
+            if random_action:
+                # Uniform over the normalized box, as DreamerV2's prefill samples the (normalized) action space.
+                action = torch.rand(obs.shape[0], self.num_actions, device=obs.device) * 2.0 - 1.0
+            else:
+                dist = self.behavior.policy(torch.cat([post.deter, post.stoch.flatten(-2)], -1))
+                # The mode is tanh of the Gaussian's mean (behavior.py ``ActionDist.mode``).
+                action = dist.mode() if deterministic else dist.sample()
+            return action, PolicyState(post, action)
         if random_action:
             action = torch.randint(self.num_actions, (obs.shape[0],), device=obs.device)
         else:
             dist = self.behavior.policy(torch.cat([post.deter, post.stoch.flatten(-2)], -1))
             action = dist.mode().argmax(-1) if deterministic else dist.sample().argmax(-1)
         return action, PolicyState(post, F.one_hot(action, self.num_actions).float())
+
+    def env_actions(self, action: torch.Tensor) -> np.ndarray:
+        """What ``envs.step`` takes for ``act``'s actions: the indices [B] (discrete), or [B, A] float32 mapped
+        linearly from [-1, 1] to the Box's [low, high]. Dimensions with an infinite bound are passed as they are
+        (DreamerV2's ``NormalizeAction`` does the same); the env then clips to its bounds (``check_actions``)."""
+        out = action.cpu().numpy()
+        if self.discrete:
+            return out
+        assert self.action_low is not None and self.action_high is not None
+        low, high = self.action_low, self.action_high
+        return (low + (out + 1.0) * 0.5 * (high - low)).astype(np.float32)
+
+    def replay_actions(self, action: torch.Tensor) -> np.ndarray:
+        """[B, A] float32 as the replay stores ``act``'s actions: one-hot (discrete) or the [-1, 1] vector the
+        RSSM was fed (continuous), never the env's rescaled units."""
+        out = action.cpu().numpy()
+        if self.discrete:
+            return np.eye(self.num_actions, dtype=np.float32)[out]
+        return out.astype(np.float32)
 
 
 @contextlib.contextmanager
@@ -266,33 +317,42 @@ def refuse_unused_choices(cfg: TrainConfig) -> None:
         )
 
 
-def refuse_continuous_actions(env_id: str) -> None:
-    """ConfigError naming ``--env`` when a Gymnasium id (or a part of a multi-level list) has a non-discrete
-    action space: this loop acts, stores and evaluates discrete actions only (``DreamerAgent.act``). Procgen,
-    MiniGrid and Mario are discrete. Checked before the run directory is touched; builds each Gymnasium env once."""
+def check_action_space(env_id: str) -> None:
+    """ConfigError naming ``--env`` when a Gymnasium id has an action space this loop cannot drive: it takes
+    ``Discrete`` and 1-D ``Box`` actions (a categorical actor, or a tanh-Gaussian one trained by dynamics
+    backprop), and a multi-level list takes discrete actions only (``MultiLevelVecEnv`` steps integer actions).
+    Procgen, MiniGrid and Mario are discrete. Checked before the run directory is touched; builds each
+    Gymnasium env once."""
     import gymnasium
 
     from multiscene.envs import env_family
     from multiscene.envs.gymnasium import register_atari
     from multiscene.envs.multilevel import is_multilevel, split_env_ids
 
-    parts = split_env_ids(env_id) if is_multilevel(env_id) else [env_id]
+    multilevel = is_multilevel(env_id)
+    parts = split_env_ids(env_id) if multilevel else [env_id]
     for part in parts:
         if env_family(part) != "gymnasium":
             continue
         register_atari()
         probe = gymnasium.make(part)
         try:
-            discrete = isinstance(probe.action_space, gymnasium.spaces.Discrete)
             space = probe.action_space
         finally:
             probe.close()
-        if not discrete:
+        discrete = isinstance(space, gymnasium.spaces.Discrete)
+        box = isinstance(space, gymnasium.spaces.Box) and len(space.shape) == 1
+        if multilevel and not discrete:
             raise ConfigError(
-                f"--env {part}: its action space is {space}, and --algo dreamer acts with discrete actions only "
-                "(DreamerV2's continuous path, dynamics backprop through a tanh-Gaussian actor, exists in the "
-                "behavior module but the env loop does not drive it yet). For continuous control use --algo ppo, "
-                "a2c or acktr."
+                f"--env {env_id}: {part} has the action space {space}, and a multi-level --env list takes "
+                "Discrete actions only (the multi-level env steps integer actions). Run a continuous-action env "
+                "on its own: --algo dreamer takes a Discrete or a 1-D Box action space for a single --env."
+            )
+        if not (discrete or box):
+            raise ConfigError(
+                f"--env {part}: its action space is {space}, and --algo dreamer takes a Discrete action space "
+                "(categorical actor) or a 1-D Box (tanh-Gaussian actor, actions rescaled from [-1, 1] to the "
+                "Box's bounds)."
             )
 
 
@@ -331,7 +391,7 @@ def train(cfg: TrainConfig, dreamer: DreamerConfig, init_from: str | None = None
     # The caller's choices only: a resumed run's saved config is not refused for a critic it never used.
     refuse_unused_choices(cfg)
     if not cfg.resume:
-        refuse_continuous_actions(cfg.env)
+        check_action_space(cfg.env)
     run_dir = Path(cfg.run_dir) if cfg.run_dir else default_run_dir(cfg)
     resume = cfg.resume
     backup = prepare_run_dir(run_dir, resume=resume, overwrite=cfg.overwrite)
@@ -354,9 +414,10 @@ def train(cfg: TrainConfig, dreamer: DreamerConfig, init_from: str | None = None
     B, A = envs.num_envs, envs.num_actions
     # MiniGrid's symbol grids are one-hot encoded (world_model.py: as raw integers the model learned nothing).
     symbols = symbol_classes_for(envs.obs_shape, getattr(envs, "obs_dtype", np.uint8))
-    agent = DreamerAgent(envs.obs_shape, A, dreamer, symbols).to(device)
+    # Envs without an ``action_spec`` (Mario, the multi-level env) take discrete actions.
+    agent = DreamerAgent(envs.obs_shape, A, dreamer, symbols, getattr(envs, "action_spec", None)).to(device)
     learner = DreamerLearner(agent, dreamer)
-    replay = EpisodeReplay(dreamer.replay_capacity, dreamer.seq_len, A, discrete=True)
+    replay = EpisodeReplay(dreamer.replay_capacity, dreamer.seq_len, A, discrete=agent.discrete)
     builder = EpisodeBuilder(B, A)
     replay_rng = np.random.default_rng(cfg.seed)
     progress = Progress(cfg.total_timesteps, cfg.progress)
@@ -443,9 +504,8 @@ def train(cfg: TrainConfig, dreamer: DreamerConfig, init_from: str | None = None
                 prefill = global_step < dreamer.prefill
                 action, policy_state = agent.act(obs.to(device), first.to(device), policy_state,
                                                  random_action=prefill)
-                action_np = action.cpu().numpy()
                 try:
-                    result = envs.step(action_np)
+                    result = envs.step(agent.env_actions(action))
                 except EnvError as e:
                     raise EnvError(f"{e} (last checkpoint kept; continue with --resume)") from e
                 previous_step = global_step
@@ -453,7 +513,7 @@ def train(cfg: TrainConfig, dreamer: DreamerConfig, init_from: str | None = None
                 update += 1
 
                 # 2. Store: whole episodes go to the replay when they end.
-                store_step(builder, replay, result, np.eye(A, dtype=np.float32)[action_np], cfg.bootstrap_truncation)
+                store_step(builder, replay, result, agent.replay_actions(action), cfg.bootstrap_truncation)
                 episodes.extend(result.episodes)
                 pop = getattr(envs, "pop_episode_extras", None)
                 if pop is not None:
@@ -585,7 +645,7 @@ def run_policy_episodes(
     episodes: list[EpisodeStats] = []
     while (done_count < quota).any():
         action, state = agent.act(obs.to(device), first.to(device), state, deterministic, random_policy)
-        result = envs.step(action.cpu().numpy())
+        result = envs.step(agent.env_actions(action))
         for ep, extra in zip(result.episodes, step_extras(envs, result.episodes)):
             if done_count[ep.env_index] < quota[ep.env_index]:
                 episodes.append(ep)
