@@ -558,6 +558,15 @@ def evaluate_checkpoint(
     from multiscene.trainer import env_spec, load_agent_tensors, load_config, make_agent, resolve_device
 
     cfg = load_config(run_dir)
+    # The Dreamer loop marks its runs at the top of config.json (a run started from Python may keep algo "ppo").
+    record = json.loads((Path(run_dir) / "config.json").read_text())
+    if cfg.algo == "dreamer" or record.get("algo") == "dreamer":
+        # A world-model agent: its own networks and evaluation (multiscene/algos/dreamer/loop.py).
+        if video:
+            raise ConfigError(f"multiscene eval --video: not available for --algo dreamer runs ({run_dir}).")
+        from multiscene.algos.dreamer.loop import evaluate_checkpoint as evaluate_dreamer_checkpoint
+
+        return evaluate_dreamer_checkpoint(run_dir, episodes=episodes, tag=tag, device=device)
     ckpt = load_latest_checkpoint(run_dir, load_state=False)
     if ckpt is None:
         raise ConfigError(f"{run_dir} has no readable checkpoint to evaluate (checkpoints/ is empty or corrupted).")

@@ -413,6 +413,32 @@ def test_short_minigrid_run_writes_a_run_dir_and_resumes(tmp_path) -> None:  # t
     assert ckpt2.state["replay"]["episodes_added"] > ckpt.state["replay"]["episodes_added"]
 
 
+def test_multiscene_eval_of_a_dreamer_run_reproduces_its_final_evaluation(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    # `multiscene eval RUN_DIR` rebuilds a Dreamer run's agent from its config and latest checkpoint (the on-policy
+    # agent cannot hold a world model): with the evaluation's fixed seeds it reproduces the end-of-training
+    # figures exactly, and adds the random policy's floor.
+    import json
+
+    from multiscene.cli import main
+    from multiscene.config import ConfigError
+    from multiscene.evaluate import evaluate_checkpoint
+
+    run_dir = _tiny_run(tmp_path, total=96)
+    with pytest.raises(SystemExit) as exited:
+        main(["eval", str(run_dir), "--tag", "again"])
+    assert exited.value.code == 0
+    assert "written:" in capsys.readouterr().out
+    final = json.loads((run_dir / "eval" / "final.json").read_text())
+    again = json.loads((run_dir / "eval" / "again.json").read_text())
+    assert again["algo"] == "dreamer" and "random_policy_test" in again
+    for split in ("train", "test"):
+        assert again[split]["episodes"] == final[split]["episodes"] == 2
+        assert again[split]["return_mean"] == final[split]["return_mean"]
+        assert again[split]["deterministic"]["return_mean"] == final[split]["deterministic"]["return_mean"]
+    with pytest.raises(ConfigError, match="--video"):
+        evaluate_checkpoint(run_dir, video=True)
+
+
 def test_resume_continues_identically(tmp_path) -> None:  # type: ignore[no-untyped-def]
     """96 steps in one go and 48 + resumed 48 give the same weights (env, replay, RNG and optimizers restored)."""
     from multiscene.checkpoint import load_latest_checkpoint

@@ -270,9 +270,10 @@ def test_fig8_reconstruction_loads_a_continuous_agent_and_feeds_it_unit_box_acti
     # The protocol's Fig. 8 (multiscene/protocol/reconstruct.py) rebuilds a run's agent from the env's spaces and
     # replays a random sequence through its posterior: a continuous run must load, and the RSSM must read the
     # actions in [-1, 1] as the actor emits them, not Pendulum's torques in [-2, 2].
+    from multiscene.algos.dreamer.loop import load_dreamer_agent
     from multiscene.envs import make_env
     from multiscene.envs.base import EnvSpec, LevelSet
-    from multiscene.protocol.reconstruct import collect_sequence, load_dreamer_agent, reconstruct
+    from multiscene.protocol.reconstruct import collect_sequence, reconstruct
 
     run_dir = _pendulum_run(tmp_path, total=96)
     envs = make_env(EnvSpec("Pendulum-v1", 1, 5, LevelSet(0, 1)))

@@ -110,23 +110,6 @@ def reconstruct(agent: Any, seq: ObservedSequence, seed: int = 0) -> tuple[np.nd
     return frames.cpu().numpy(), error.cpu().numpy()
 
 
-def load_dreamer_agent(run_dir: Path, envs: Any, device: torch.device) -> Any:
-    """The Dreamer agent of ``run_dir`` (its ``--dreamer.*`` config, its latest good checkpoint) for ``envs``'
-    spaces; ConfigError for a run of another algorithm or one without a readable checkpoint."""
-    from multiscene.algos.dreamer.loop import DreamerAgent, init_agent_from, load_dreamer_config
-    from multiscene.algos.dreamer.world_model import symbol_classes_for
-
-    if not (run_dir / "config.json").exists():
-        raise ConfigError(f"{run_dir} has no config.json (the run has not started)")
-    dreamer = load_dreamer_config(run_dir)
-    symbols = symbol_classes_for(tuple(envs.obs_shape), getattr(envs, "obs_dtype", np.uint8))
-    agent = DreamerAgent(tuple(envs.obs_shape), int(envs.num_actions), dreamer, symbols,
-                         getattr(envs, "action_spec", None)).to(device)
-    init_agent_from(agent, run_dir)
-    agent.eval()
-    return agent
-
-
 def display_image(frame: np.ndarray, symbol_classes: int | None) -> tuple[np.ndarray, str | None]:
     """An array and colormap for ``imshow``: gray frames as they are, RGB frames as they are, symbol grids as
     their codes scaled to [0, 1] per channel (a colour per object/colour/state code triple)."""
@@ -159,6 +142,7 @@ def reconstruction_figures(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from multiscene.algos.dreamer.loop import load_dreamer_agent
     from multiscene.envs import make_env
     from multiscene.protocol.pretrain import _dir_name
     from multiscene.runtime import env_spec, load_config

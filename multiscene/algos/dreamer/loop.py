@@ -659,9 +659,10 @@ def run_policy_episodes(
 def evaluate_dreamer(
     agent: DreamerAgent, cfg: TrainConfig, device: torch.device, run_dir: Path, tag: str,
     global_step: int | None = None, num_episodes: int | None = None, gamma: float | None = None,
+    random_floor: bool | None = None,
 ) -> dict[str, Any]:
-    """Train and test splits, sampled and deterministic, plus the random policy on test levels (final only);
-    writes ``eval/<tag>.json``. On Mario (one level or a multi-level set) every pass's statistics also hold the
+    """Train and test splits, sampled and deterministic, plus the random policy on test levels (``random_floor``;
+    default: for the final evaluation only); writes ``eval/<tag>.json``. On Mario (one level or a multi-level set) every pass's statistics also hold the
     distance travelled, ``x_pos_mean`` and ``x_pos_std``, and ``flag_rate`` (issue 13 measures Mario 1-1 by
     distance; ``multiscene.evaluate.summarize``). Per-step and frame files (``final_steps_*.npz``) are not
     written yet."""
@@ -688,7 +689,7 @@ def evaluate_dreamer(
                 else:
                     stats.update(summarize(episodes, extras))
             summary[split] = stats
-        if tag == "final":
+        if tag == "final" if random_floor is None else random_floor:
             envs = make_env(env_spec(cfg, "test", min(cfg.eval_num_envs, n), seed_offset=101))
             extras = []
             try:
@@ -700,4 +701,41 @@ def evaluate_dreamer(
     finally:
         agent.train(was_training)
     atomic_write_json(eval_dir / f"{tag}.json", summary)
+    return summary
+
+
+def load_dreamer_agent(run_dir: Path, envs: VecEnv, device: torch.device) -> DreamerAgent:
+    """The Dreamer agent of ``run_dir`` (its ``--dreamer.*`` config, its latest good checkpoint) for ``envs``'
+    spaces, in eval mode; ConfigError for a run of another algorithm or one without a readable checkpoint. Used
+    by ``multiscene eval`` and the protocol's Fig. 8."""
+    if not (run_dir / CONFIG_FILE).exists():
+        raise ConfigError(f"{run_dir} has no {CONFIG_FILE} (the run has not started)")
+    dreamer = load_dreamer_config(run_dir)
+    symbols = symbol_classes_for(tuple(envs.obs_shape), getattr(envs, "obs_dtype", np.uint8))
+    agent = DreamerAgent(tuple(envs.obs_shape), int(envs.num_actions), dreamer, symbols,
+                         getattr(envs, "action_spec", None)).to(device)
+    init_agent_from(agent, run_dir)
+    agent.eval()
+    return agent
+
+
+def evaluate_checkpoint(run_dir: Path, episodes: int | None = None, tag: str = "eval",
+                        device: str = "auto") -> dict[str, Any]:
+    """``multiscene eval RUN_DIR`` of a Dreamer run: the latest good checkpoint evaluated as at the end of
+    training (train and test levels, sampled and deterministic), plus the random policy's floor on the test
+    levels, into ``eval/<tag>.json``."""
+    cfg = load_config(run_dir)
+    dreamer = load_dreamer_config(run_dir)
+    ckpt = load_latest_checkpoint(run_dir, load_state=False)
+    if ckpt is None:
+        raise ConfigError(f"{run_dir} has no readable checkpoint to evaluate (checkpoints/ is empty or corrupted).")
+    dev = resolve_device(device)
+    probe = make_env(env_spec(cfg, "test", 1))
+    try:
+        agent = load_dreamer_agent(run_dir, probe, dev)
+    finally:
+        probe.close()
+    # The step count lives in the checkpoint's state, with the whole replay: not read for an evaluation.
+    summary = evaluate_dreamer(agent, cfg, dev, run_dir, tag, num_episodes=episodes, gamma=dreamer.gamma,
+                               random_floor=True)
     return summary
