@@ -52,3 +52,17 @@ def load_benchmark_script(filename: str) -> ModuleType:
     sys.modules[path.stem] = module
     spec.loader.exec_module(module)
     return module
+
+
+def assert_resume_matches_one_go(run, tmp_path: Path, total: int = 96) -> None:  # type: ignore[no-untyped-def]
+    """``run(path, total=..., resume=..., final_eval=False) -> run_dir``: ``total`` steps in one go and
+    ``total / 2`` + a resumed ``total / 2`` end with the same weights (env, replay, RNG and optimizers restored)."""
+    from multiscene.checkpoint import load_latest_checkpoint
+
+    whole = run(tmp_path / "a", total=total, final_eval=False)
+    run(tmp_path / "b", total=total // 2, final_eval=False)
+    parts = run(tmp_path / "b", total=total, resume=True, final_eval=False)
+    a, b = load_latest_checkpoint(whole), load_latest_checkpoint(parts)
+    assert a is not None and b is not None
+    for key in a.tensors:
+        assert torch.allclose(a.tensors[key], b.tensors[key], atol=1e-6), key

@@ -441,16 +441,9 @@ def test_multiscene_eval_of_a_dreamer_run_reproduces_its_final_evaluation(tmp_pa
 
 def test_resume_continues_identically(tmp_path) -> None:  # type: ignore[no-untyped-def]
     """96 steps in one go and 48 + resumed 48 give the same weights (env, replay, RNG and optimizers restored)."""
-    from multiscene.checkpoint import load_latest_checkpoint
+    from conftest import assert_resume_matches_one_go
 
-    whole = _tiny_run(tmp_path / "a", total=96, final_eval=False)
-    _tiny_run(tmp_path / "b", total=48, final_eval=False)
-    parts = _tiny_run(tmp_path / "b", total=96, resume=True, final_eval=False)
-    a, b = load_latest_checkpoint(whole), load_latest_checkpoint(parts)
-    assert a is not None and b is not None
-    for key in a.tensors:
-        assert torch.allclose(a.tensors[key], b.tensors[key], atol=1e-6), key
-
+    assert_resume_matches_one_go(_tiny_run, tmp_path)
 
 
 def test_invalid_steps_do_not_count_in_the_world_model_loss() -> None:

@@ -230,15 +230,9 @@ def test_short_pendulum_run_trains_evaluates_and_resumes(tmp_path: Path, env_act
 
 def test_continuous_resume_continues_identically(tmp_path: Path) -> None:
     """96 steps in one go and 48 + resumed 48 give the same weights (env, replay, RNG, optimizers restored)."""
-    from multiscene.checkpoint import load_latest_checkpoint
+    from conftest import assert_resume_matches_one_go
 
-    whole = _pendulum_run(tmp_path / "a", total=96, final_eval=False)
-    _pendulum_run(tmp_path / "b", total=48, final_eval=False)
-    parts = _pendulum_run(tmp_path / "b", total=96, resume=True, final_eval=False)
-    a, b = load_latest_checkpoint(whole), load_latest_checkpoint(parts)
-    assert a is not None and b is not None
-    for key in a.tensors:
-        assert torch.allclose(a.tensors[key], b.tensors[key], atol=1e-6), key
+    assert_resume_matches_one_go(_pendulum_run, tmp_path)
 
 
 def test_tanh_gaussian_entropy_matches_monte_carlo_and_stays_bounded_when_saturated() -> None:
