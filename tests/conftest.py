@@ -66,3 +66,21 @@ def assert_resume_matches_one_go(run, tmp_path: Path, total: int = 96) -> None: 
     assert a is not None and b is not None
     for key in a.tensors:
         assert torch.allclose(a.tensors[key], b.tensors[key], atol=1e-6), key
+
+
+def frozen_world_model_and_starts(discrete: bool, cfg):  # type: ignore[no-untyped-def]
+    """A small world model with frozen weights, a ``Behavior`` for 2 actions (``discrete`` or continuous) and 12
+    detached posterior states to imagine from: the set-up of the behavior-gradient tests."""
+    from multiscene.algos.dreamer import DreamerConfig
+    from multiscene.algos.dreamer.behavior import Behavior
+    from multiscene.algos.dreamer.rssm import flatten_time
+    from multiscene.algos.dreamer.world_model import WorldModel
+
+    torch.manual_seed(0)
+    wm = WorldModel((5,), 2, DreamerConfig(size="small"))
+    wm.requires_grad_(False)
+    beh = Behavior(wm.rssm.feature_size, 2, discrete, cfg)
+    post, _ = wm.rssm.observe(torch.randn(3, 4, wm.encoder.out_size), torch.zeros(3, 4, 2),
+                              torch.zeros(3, 4, dtype=torch.bool))
+    start = flatten_time(post)
+    return wm, beh, type(start)(*(x.detach() for x in start))

@@ -236,14 +236,9 @@ def test_world_model_learns_minigrid_views() -> None:
 
 @pytest.mark.parametrize("discrete", [True, False])
 def test_behavior_gradients_reach_actor_and_critic_only(discrete: bool) -> None:
-    torch.manual_seed(0)
-    wm = WorldModel((5,), 2, SMALL)
-    wm.requires_grad_(False)
-    beh = Behavior(wm.rssm.feature_size, 2, discrete, SMALL)
-    post, _ = wm.rssm.observe(torch.randn(3, 4, wm.encoder.out_size), torch.zeros(3, 4, 2),
-                              torch.zeros(3, 4, dtype=torch.bool))
-    start = flatten_time(post)
-    start = type(start)(*(x.detach() for x in start))
+    from conftest import frozen_world_model_and_starts
+
+    wm, beh, start = frozen_world_model_and_starts(discrete, SMALL)
     actor_loss, critic_loss, metrics = beh.losses(wm, start, torch.ones(12), SMALL)
     (actor_loss + critic_loss).backward()
     assert all(p.grad is None for p in wm.parameters())

@@ -16,7 +16,7 @@ import torch
 from multiscene.algos.dreamer import DreamerConfig
 from multiscene.algos.dreamer.behavior import Behavior
 from multiscene.algos.dreamer.loop import DreamerAgent, check_action_space
-from multiscene.algos.dreamer.rssm import RSSMState, flatten_time
+from multiscene.algos.dreamer.rssm import RSSMState
 from multiscene.algos.dreamer.world_model import WorldModel
 from multiscene.config import ConfigError
 from multiscene.envs.base import ActionSpec
@@ -83,13 +83,9 @@ def _continuous_losses(
 ) -> tuple[Behavior, WorldModel, list[torch.Tensor], torch.Tensor]:
     """Behavior losses on a frozen world model, recording (and optionally detaching) every imagined action
     as the RSSM's prior step receives it."""
-    torch.manual_seed(0)
-    wm = WorldModel((5,), 2, SMALL)
-    wm.requires_grad_(False)
-    beh = Behavior(wm.rssm.feature_size, 2, False, cfg)
-    post, _ = wm.rssm.observe(torch.randn(3, 4, wm.encoder.out_size), torch.zeros(3, 4, 2),
-                              torch.zeros(3, 4, dtype=torch.bool))
-    start = RSSMState(*(x.detach() for x in flatten_time(post)))
+    from conftest import frozen_world_model_and_starts
+
+    wm, beh, start = frozen_world_model_and_starts(False, cfg)
     seen: list[torch.Tensor] = []
     img_step = wm.rssm.img_step
 
