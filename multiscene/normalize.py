@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
@@ -20,8 +22,11 @@ class RunningMeanStd:
         flat = x.reshape(-1)
         batch_count = flat.size
         batch_mean = float(np.add.reduce(flat)) / batch_count
-        centred = flat - batch_mean
-        batch_var = float(np.add.reduce(centred * centred)) / batch_count
+        if batch_count > 1:
+            centred = flat - batch_mean
+            batch_var = float(np.add.reduce(centred * centred)) / batch_count
+        else:  # one env: no spread, exactly
+            batch_var = 0.0
         delta = batch_mean - self.mean
         total = self.count + batch_count
         self.mean += delta * batch_count / total
@@ -53,7 +58,7 @@ class RewardNormalizer:
         self.returns = self.returns * self.gamma + reward
         self.rms.update(self.returns)
         self.returns[done] = 0.0
-        return (reward / np.sqrt(self.rms.var + self.epsilon)).astype(np.float32)
+        return (reward / math.sqrt(self.rms.var + self.epsilon)).astype(np.float32)
 
     @property
     def scale(self) -> float:
@@ -82,25 +87,9 @@ class RunningObsNorm(torch.nn.Module):
 
     @torch.no_grad()
     def update(self, x: torch.Tensor) -> None:
-        """x [N, *shape]: merge the batch's moments (Chan et al.'s parallel update, as RunningMeanStd).
-
-        Called once per env step by the collector: on the CPU the arithmetic runs in numpy on views of the
-        buffers (the same float64 operations as ``np.mean``/``np.var``, without their Python layers), which costs
-        a fraction of a dozen small torch ops (benchmarks/ppo_mujoco_vs_cleanrl.py)."""
+        """x [N, *shape]: merge the batch's moments (Chan et al.'s parallel update, as RunningMeanStd)."""
         if self.mean.device.type == "cpu":
-            xs = x.detach().numpy() if x.device.type == "cpu" else x.detach().cpu().numpy()
-            xs = xs.astype(np.float64, copy=False)
-            n = xs.shape[0]
-            mean, var, count = self.mean.numpy(), self.var.numpy(), float(self.count)
-            batch_mean = np.add.reduce(xs, axis=0) / n
-            centred = xs - batch_mean
-            batch_var = np.add.reduce(centred * centred, axis=0) / n
-            delta = batch_mean - mean
-            total = count + n
-            m2 = var * count + batch_var * n + delta**2 * count * n / total
-            mean += delta * n / total
-            var[...] = m2 / total
-            self.count.fill_(total)
+            self._update_numpy(x.detach().numpy() if x.device.type == "cpu" else x.detach().cpu().numpy())
             return
         x = x.to(torch.float64)
         batch_mean, batch_var, n = x.mean(dim=0), x.var(dim=0, unbiased=False), x.shape[0]
@@ -111,11 +100,55 @@ class RunningObsNorm(torch.nn.Module):
         self.var.copy_(m2 / total)
         self.count.fill_(float(total))
 
+    def _update_numpy(self, x: np.ndarray) -> None:
+        """The CPU update on numpy views of the buffers: the same float64 operations as ``np.mean``/``np.var``
+        without their Python layers, a fraction of the cost of a dozen small torch ops. Called once per env
+        step by the collector (benchmarks/ppo_mujoco_vs_cleanrl.py)."""
+        xs = x.astype(np.float64, copy=False)
+        n = xs.shape[0]
+        mean, var, count_view = self._numpy_views()
+        count = float(count_view)
+        batch_mean = np.add.reduce(xs, axis=0) / n
+        delta = batch_mean - mean
+        total = count + n
+        if n > 1:
+            centred = xs - batch_mean
+            m2 = var * count + np.add.reduce(centred * centred, axis=0) / n * n + delta**2 * count * n / total
+        else:  # one sample has no spread: its variance term is exactly 0, and adding 0.0 changes nothing
+            m2 = var * count + delta**2 * count * n / total
+        mean += delta * n / total
+        var[...] = m2 / total
+        count_view[...] = total
+
+    def _numpy_views(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """numpy views sharing memory with the CPU buffers (mean, var, count), kept while the buffers are the same
+        tensors: ``load_state_dict`` and ``copy_`` write into them in place; ``.to()`` replaces them, and then the
+        views are taken anew."""
+        cache = self.__dict__.get("_views")
+        if cache is None or cache[0] is not self.mean or cache[1] is not self.var or cache[2] is not self.count:
+            cache = (self.mean, self.var, self.count, self.mean.numpy(), self.var.numpy(), self.count.numpy())
+            self.__dict__["_views"] = cache
+        return cache[3], cache[4], cache[5]
+
+    def __getstate__(self) -> dict[str, object]:
+        # A copy (deepcopy, pickle) gets new buffers: it must take its own views, not keep copies of these.
+        state = super().__getstate__()
+        state = dict(state)
+        state.pop("_views", None)
+        return state
+
+    def normalize_numpy(self, x: np.ndarray, update: bool) -> np.ndarray:
+        """The collector's per-step path on the CPU: float observations [N, *shape] (any float dtype) ->
+        float32, the statistics updated first when ``update``; the arithmetic of ``update`` then ``forward``."""
+        if update:
+            self._update_numpy(x)
+        mean, var, _ = self._numpy_views()
+        out = (x.astype(np.float64, copy=False) - mean) / np.sqrt(var + self.epsilon)
+        return np.minimum(np.maximum(out, -self.clip), self.clip).astype(np.float32)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.device.type == "cpu" and self.mean.device.type == "cpu" and not torch.is_grad_enabled():
-            # The collector's per-step call: the same float64 arithmetic in numpy, a few microseconds.
-            xs = x.numpy().astype(np.float64, copy=False)
-            out = (xs - self.mean.numpy()) / np.sqrt(self.var.numpy() + self.epsilon)
-            return torch.from_numpy(np.clip(out, -self.clip, self.clip).astype(np.float32))
+            # The same float64 arithmetic in numpy, a few microseconds.
+            return torch.from_numpy(self.normalize_numpy(x.numpy(), update=False))
         out = (x.to(torch.float64) - self.mean) / torch.sqrt(self.var + self.epsilon)
         return out.clamp(-self.clip, self.clip).to(torch.float32)

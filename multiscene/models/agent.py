@@ -98,13 +98,19 @@ class Agent(nn.Module):
             return DiagGaussian(logits, self.log_std)
         return CategoricalActions(logits=logits)
 
-    def normalize_obs(self, obs: torch.Tensor, update: bool) -> torch.Tensor:
+    def normalize_obs(self, obs: torch.Tensor | np.ndarray, update: bool) -> torch.Tensor:
         """Float observations -> normalized (statistics updated first when ``update``); others unchanged.
 
         The on-policy collector stores the normalized observations it acted on, so an update sees exactly
-        the inputs the behaviour policy saw (CleanRL normalizes inside the env for the same reason)."""
+        the inputs the behaviour policy saw (CleanRL normalizes inside the env for the same reason). It passes
+        the env's numpy array, which on the CPU is normalized in numpy without a round trip through torch."""
         if not self.float_obs:
-            return obs
+            return torch.as_tensor(obs)
+        if isinstance(obs, np.ndarray):
+            if self.obs_norm.mean.device.type == "cpu":
+                flat = obs.reshape(-1, *self.obs_shape)
+                return torch.from_numpy(self.obs_norm.normalize_numpy(flat, update).reshape(obs.shape))
+            obs = torch.as_tensor(obs)
         if update:
             self.obs_norm.update(obs.reshape(-1, *self.obs_shape))
         return self.obs_norm(obs)

@@ -67,9 +67,7 @@ class OnPolicyAlgorithm(ABC):
         return train(cfg, cls())
 
     def make_optimizer(self, agent: Agent, cfg: TrainConfig) -> torch.optim.Optimizer:
-        # Not foreach=True, though it would save ~30% of a small network's step on the CPU: its rounding differs
-        # from the per-parameter loop's, and PPO's results are pinned bit for bit (tests/test_pinned_ppo.py).
-        return torch.optim.Adam(param_groups(agent, cfg), lr=cfg.learning_rate, eps=cfg.adam_eps)
+        return torch.optim.Adam(param_groups(agent, cfg), lr=cfg.learning_rate, eps=cfg.adam_eps, foreach=True)
 
     def gae_lambda(self, cfg: TrainConfig) -> float:
         return cfg.gae_lambda

@@ -66,7 +66,7 @@ class RolloutCollector:
         )
         start = envs.reset()
         B = envs.num_envs
-        self.obs = agent.normalize_obs(torch.as_tensor(start.obs), update=True)
+        self.obs = agent.normalize_obs(start.obs, update=True)
         self.first = torch.ones(B, dtype=torch.bool)
         self.prev_action = self._zero_actions(B)
         self.prev_reward = torch.zeros(B)
@@ -105,7 +105,7 @@ class RolloutCollector:
         if not getattr(self.envs, "restores_exactly", True):
             # Envs that cannot be copied (e.g. Box2D) restart every env on a new episode after a resume.
             start = self.envs.reset()
-            self.obs = self.agent.normalize_obs(torch.as_tensor(start.obs), update=False)
+            self.obs = self.agent.normalize_obs(start.obs, update=False)
             self.first = torch.ones(self.envs.num_envs, dtype=torch.bool)
             self.prev_action = self._zero_actions(self.envs.num_envs)
             self.prev_reward = torch.zeros(self.envs.num_envs)
@@ -146,17 +146,23 @@ class RolloutCollector:
         # A core that does not read the previous action and reward gets zeros (what it would ignore anyway):
         # two tensor ops less per step where steps are cheapest (MuJoCo's one env).
         feed_prev = getattr(agent.core, "prev_action_reward", False)
+        # The per-step writes go through numpy views of the buffers (a numpy store costs a fraction of a torch
+        # one); on the CPU the agent reads the carried tensors as they are. With one MuJoCo env the collector's
+        # own per-step cost is what separates us from a plain loop (benchmarks/ppo_mujoco_vs_cleanrl.py).
+        on_cpu = dev.type == "cpu"
+        obs_np, first_np, prev_action_np, prev_reward_np = obs.numpy(), first.numpy(), prev_action.numpy(), prev_reward.numpy()
+        actions_np, logprobs_np, values_np = actions.numpy(), logprobs.numpy(), values.numpy()
+        rewards_np, raw_rewards_np, dones_np = rewards.numpy(), raw_rewards.numpy(), dones.numpy()
         for t in range(T):
-            obs[t], first[t], prev_action[t], prev_reward[t] = self.obs, self.first, self.prev_action, self.prev_reward
+            obs_np[t], first_np[t] = self.obs.numpy(), self.first.numpy()
+            prev_action_np[t], prev_reward_np[t] = self.prev_action.numpy(), self.prev_reward.numpy()
+            if on_cpu:
+                inputs = (self.obs[None], self.first[None], self.prev_action[None], self.prev_reward[None])
+            else:
+                inputs = (self.obs.to(dev, non_blocking=True)[None], self.first.to(dev)[None],
+                          self.prev_action.to(dev)[None], self.prev_reward.to(dev)[None])
             with autocast:
-                out = agent(
-                    self.obs.to(dev, non_blocking=True)[None],
-                    self.first.to(dev)[None],
-                    self.prev_action.to(dev)[None],
-                    self.prev_reward.to(dev)[None],
-                    self.core_state,
-                    normalized=True,
-                )
+                out = agent(*inputs, self.core_state, normalized=True)
             logits = out.logits[0].float()
             dist = agent.distribution(logits)
             action = dist.sample()
@@ -168,32 +174,33 @@ class RolloutCollector:
             parts = [action_cols, dist.log_prob(action)[:, None], out.values[0].float()]
             if "alpha" in out.extras:
                 parts.append(out.extras["alpha"][0].float())
-            host = torch.cat(parts, dim=1).cpu()
+            host = torch.cat(parts, dim=1).cpu().numpy()
             if self.continuous:
-                actions[t] = host[:, :A]
+                actions_np[t] = host[:, :A]
             else:
-                actions[t] = host[:, 0].long()
-            logprobs[t] = host[:, A]
-            values[t] = host[:, A + 1 : A + 1 + H]
+                actions_np[t] = host[:, 0]  # float -> int64, exact (see above)
+            logprobs_np[t] = host[:, A]
+            values_np[t] = host[:, A + 1 : A + 1 + H]
             if "alpha" in out.extras:
-                alphas.append(host[:, A + 1 + H :])
+                alphas.append(torch.from_numpy(host[:, A + 1 + H :]))
             self.core_state = out.state
-            step = self.envs.step(actions[t].numpy())
+            step = self.envs.step(actions_np[t])
             done = step.first
-            raw_rewards[t] = torch.as_tensor(step.reward)
-            rewards[t] = torch.as_tensor(self.normalizer(step.reward.astype(np.float64), done))
-            dones[t] = torch.as_tensor(done)
+            raw_rewards_np[t] = step.reward
+            rewards_np[t] = self.normalizer(step.reward.astype(np.float64), done)
+            dones_np[t] = done
             if self.hotwire is not None:
                 self.hotwire.observe(raw_rewards[t])
             if extra is not None:
                 extra.append(self.reward_transform.step(raw_rewards[t], self.first))
-            episodes.extend(step.episodes)
+            if step.episodes:
+                episodes.extend(step.episodes)
             final_obs = getattr(step, "final_obs", None)
             if bootstrap and final_obs is not None and (step.truncated & ~step.terminated).any():
                 # A time limit is not a terminal state: the return goes on past the cut, so the value of the
                 # episode's last observation (not the reset one) bootstraps it (issue 16; SB3 does the same).
                 cut = torch.as_tensor(step.truncated & ~step.terminated)  # a termination wins
-                last = agent.normalize_obs(torch.as_tensor(final_obs), update=False)
+                last = agent.normalize_obs(final_obs, update=False)
                 with autocast:
                     out_final = agent(
                         last.to(dev)[None], torch.zeros(1, B, dtype=torch.bool, device=dev),
@@ -201,7 +208,7 @@ class RolloutCollector:
                     )
                 truncated[t] = cut
                 final_values[t] = torch.where(cut[:, None], out_final.values[0].float().cpu(), 0.0)
-            self.obs = agent.normalize_obs(torch.as_tensor(step.obs), update=True)
+            self.obs = agent.normalize_obs(step.obs, update=True)
             self.first = torch.as_tensor(done)
             if feed_prev:
                 keep = self.first[:, None] if self.continuous else self.first
