@@ -251,3 +251,22 @@ def test_a_task_that_only_truncates_has_the_analytic_value_only_with_the_bootstr
         # Without it the targets are return-to-go sums of at most 5 rewards, averaging (1 + 1.9 + 2.71 + 3.44 +
         # 4.10) / 5 = 2.63 over the positions, a little more where the rollout's end bootstraps: 2.64-2.70.
         assert 2.6 < fixed_point(False, targets) < 2.8
+
+
+@pytest.mark.parametrize("with_truncation", [False, True])
+def test_gae_numpy_path_equals_the_torch_recursion_bit_for_bit(with_truncation):
+    # CPU float32 inputs take the numpy path; the same inputs marked requires_grad take the torch loop (a
+    # tensor that needs grad has no numpy view). The two must agree exactly, over many episode ends and heads.
+    g = torch.Generator().manual_seed(3)
+    T, B, H = 300, 3, 2
+    rewards, values = torch.randn(T, B, H, generator=g), torch.randn(T, B, H, generator=g) * 5
+    dones = torch.rand(T, B, generator=g) < 0.05
+    next_value = torch.randn(B, H, generator=g)
+    extra = {}
+    if with_truncation:
+        extra = {"truncated": dones & (torch.rand(T, B, generator=g) < 0.5),
+                 "final_values": torch.randn(T, B, H, generator=g)}
+    fast = compute_gae(rewards, values, dones, next_value, gamma=0.99, gae_lambda=0.95, **extra)
+    slow = compute_gae(rewards.clone().requires_grad_(), values, dones, next_value, gamma=0.99, gae_lambda=0.95, **extra)
+    assert torch.equal(fast[0], slow[0].detach()) and torch.equal(fast[1], slow[1].detach())
+    assert fast[0].abs().sum() > 0

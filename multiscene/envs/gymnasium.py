@@ -8,7 +8,9 @@ a ``ConfigError`` naming ``--env``.
 Vectorization: ``gymnasium.vector.SyncVectorEnv`` in ``AutoresetMode.SAME_STEP``: where an episode ends, the
 sub-env is reset inside the same ``step`` and Gymnasium hands the last observation over in
 ``info["final_obs"]``; that is our convention (``obs`` = first of the next episode, ``first`` = True), and
-it gives ``EnvStep.final_obs`` for truncations (issue #16). Gymnasium 1.x's default NEXT_STEP mode would
+it gives ``EnvStep.final_obs`` for truncations (issue #16). Outside Atari (whose per-env ``info`` we read)
+``step`` makes those same calls on ``SyncVectorEnv``'s sub-envs itself (``_step_each``), without merging
+every info key of every env, which cost as much as MuJoCo's simulation for one env. Gymnasium 1.x's default NEXT_STEP mode would
 instead spend one extra ``step`` call on the reset. Sync rather than Async: on the 2-core dev machine
 AsyncVectorEnv was 1.4x to 2.4x slower than SyncVectorEnv for HalfCheetah-v5 at 8 envs (three measurements,
 README), and Sync lets ``get_state`` reach the sub-envs directly.
@@ -578,11 +580,16 @@ class GymnasiumVecEnv:
         actions = check_actions(actions, self.num_envs, self._started, self.action_spec)
         if self._discrete_start:
             actions = actions + self._discrete_start
+        info: dict[str, Any] = {}
         try:
-            obs, reward, env_terminated, env_truncated, info = self._vec.step(actions)
+            if self.family == "atari":
+                vec_obs, reward, env_terminated, env_truncated, info = self._vec.step(actions)
+                obs = self._batch_obs(vec_obs)
+                last_obs = info.get("final_obs")
+            else:
+                obs, reward, env_terminated, env_truncated, last_obs = self._step_each(actions)
         except Exception as exc:
             raise self._error("step", exc) from exc
-        obs = self._batch_obs(obs)
         raw_reward = np.asarray(reward, dtype=np.float64)
         # A terminal state reached on the last allowed step is a termination: nothing to bootstrap.
         terminated = np.asarray(env_terminated, dtype=bool)
@@ -596,7 +603,7 @@ class GymnasiumVecEnv:
             if truncated.any():
                 final_obs = obs.copy()
                 for index in np.flatnonzero(truncated).tolist():
-                    final_obs[index] = np.asarray(info["final_obs"][index], dtype=self.obs_dtype)
+                    final_obs[index] = np.asarray(last_obs[index], dtype=self.obs_dtype)
 
         episodes: list[EpisodeStats] = []
         if self.family == "atari":
@@ -635,6 +642,26 @@ class GymnasiumVecEnv:
             episodes=episodes,
             final_obs=final_obs,
         )
+
+    def _step_each(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[int, Any]]:
+        """``SyncVectorEnv.step`` in ``SAME_STEP`` mode for the families whose ``info`` we do not read (all but
+        Atari): the same calls on the same sub-envs (step; where the episode ended, reset), writing straight into
+        our arrays instead of merging every info key of every env. With one MuJoCo env that bookkeeping cost
+        as much again as the simulation (benchmarks/ppo_mujoco_vs_cleanrl.py). Returns (obs, reward,
+        terminated, truncated, {env index: last observation of the episode that ended})."""
+        B = self.num_envs
+        obs = np.empty((B, *self.obs_shape), dtype=self.obs_dtype)
+        reward = np.empty(B, dtype=np.float64)
+        terminated = np.empty(B, dtype=bool)
+        truncated = np.empty(B, dtype=bool)
+        last_obs: dict[int, Any] = {}
+        for i, env in enumerate(self._vec.envs):
+            env_obs, reward[i], terminated[i], truncated[i], _ = env.step(actions[i])
+            if terminated[i] or truncated[i]:
+                last_obs[i] = env_obs
+                env_obs, _ = env.reset()
+            obs[i] = env_obs
+        return obs, reward, terminated, truncated, last_obs
 
     def _atari_games(self, info: dict[str, Any]) -> list[EpisodeStats]:
         """Whole games that ended on this step, from ``AtariGame``'s ``info["games"]``: those ended by the

@@ -153,17 +153,22 @@ class RolloutCollector:
         obs_np, first_np, prev_action_np, prev_reward_np = obs.numpy(), first.numpy(), prev_action.numpy(), prev_reward.numpy()
         actions_np, logprobs_np, values_np = actions.numpy(), logprobs.numpy(), values.numpy()
         rewards_np, raw_rewards_np, dones_np = rewards.numpy(), raw_rewards.numpy(), dones.numpy()
+        to_float = (lambda x: x.float()) if cfg.bf16 else (lambda x: x)  # outputs are float32 without autocast
+        if not feed_prev:  # the carried previous action and reward stay as they are for the whole rollout
+            prev_action_np[:], prev_reward_np[:] = self.prev_action.numpy(), self.prev_reward.numpy()
+            prev_inputs = (self.prev_action.to(dev)[None], self.prev_reward.to(dev)[None])
         for t in range(T):
             obs_np[t], first_np[t] = self.obs.numpy(), self.first.numpy()
-            prev_action_np[t], prev_reward_np[t] = self.prev_action.numpy(), self.prev_reward.numpy()
+            if feed_prev:
+                prev_action_np[t], prev_reward_np[t] = self.prev_action.numpy(), self.prev_reward.numpy()
+                prev_inputs = (self.prev_action.to(dev)[None], self.prev_reward.to(dev)[None])
             if on_cpu:
-                inputs = (self.obs[None], self.first[None], self.prev_action[None], self.prev_reward[None])
+                inputs = (self.obs[None], self.first[None], *prev_inputs)
             else:
-                inputs = (self.obs.to(dev, non_blocking=True)[None], self.first.to(dev)[None],
-                          self.prev_action.to(dev)[None], self.prev_reward.to(dev)[None])
+                inputs = (self.obs.to(dev, non_blocking=True)[None], self.first.to(dev)[None], *prev_inputs)
             with autocast:
                 out = agent(*inputs, self.core_state, normalized=True)
-            logits = out.logits[0].float()
+            logits = to_float(out.logits[0])
             dist = agent.distribution(logits)
             action = dist.sample()
             if self.hotwire is not None:
@@ -171,9 +176,9 @@ class RolloutCollector:
             # One device->host copy per step instead of one per tensor: on CUDA each copy waits for the device.
             # A discrete action travels as a float, exact for any action count below 2**24.
             action_cols = action if self.continuous else action.to(logits.dtype)[:, None]
-            parts = [action_cols, dist.log_prob(action)[:, None], out.values[0].float()]
+            parts = [action_cols, dist.log_prob(action)[:, None], to_float(out.values[0])]
             if "alpha" in out.extras:
-                parts.append(out.extras["alpha"][0].float())
+                parts.append(to_float(out.extras["alpha"][0]))
             host = torch.cat(parts, dim=1).cpu().numpy()
             if self.continuous:
                 actions_np[t] = host[:, :A]
