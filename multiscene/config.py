@@ -147,6 +147,10 @@ class CommonConfig:
     """Adam learning rate."""
     adam_eps: float = 1e-5
     """Adam epsilon."""
+    adam_fused: bool = False
+    """torch's fused Adam kernel (one kernel over every parameter; on the CPU ~3x faster per step than the
+    per-tensor loop for small networks). The same algorithm, but it rounds differently in the last bit, so a
+    run differs from an unfused one of the same seed; off by default to keep PPO's pinned results."""
     anneal_lr: bool = False
     """Anneal the learning rate linearly to 0."""
     update_epochs: int = 3

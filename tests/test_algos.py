@@ -285,3 +285,36 @@ def test_mujoco_keeps_fewer_frames_by_default():
     assert eval_frames(replace(get_preset("ppo-mujoco"), eval_frames=7)) == 7
     with pytest.raises(ConfigError, match="--eval-frames must be >= 0"):
         validate(replace(get_preset("quickstart"), eval_frames=-1))
+
+
+@pytest.mark.parametrize("scale", [10.0, 1e-3])  # clipped, and left alone (norm below the limit)
+def test_clip_grad_norm_equals_torchs_bit_for_bit(scale):
+    from multiscene.algos.onpolicy.base import clip_grad_norm
+
+    def net_with_grads():
+        torch.manual_seed(0)
+        net = torch.nn.Sequential(torch.nn.Linear(17, 64), torch.nn.Tanh(), torch.nn.Linear(64, 6))
+        (net(torch.randn(32, 17)).pow(2).sum() * scale).backward()
+        return list(net.parameters())
+
+    ours, theirs = net_with_grads(), net_with_grads()
+    norm = clip_grad_norm(ours, 0.5)
+    reference = torch.nn.utils.clip_grad_norm_(theirs, 0.5)
+    assert torch.equal(norm, reference)
+    assert all(torch.equal(a.grad, b.grad) for a, b in zip(ours, theirs, strict=True))
+    clipped = math.sqrt(sum(float(p.grad.pow(2).sum()) for p in ours))
+    assert clipped == pytest.approx(min(float(reference), 0.5), rel=1e-4)
+
+
+def test_adam_fused_flag_builds_the_fused_kernel_and_trains(tmp_path):
+    from multiscene.algos.onpolicy.base import adam
+
+    params = [torch.nn.Parameter(torch.zeros(3))]
+    assert adam(params, TrainConfig()).defaults["foreach"] is True
+    assert adam(params, TrainConfig(adam_fused=True)).defaults["fused"] is True
+    cfg = parse_train_args(["--preset", "gym", "--env", "CartPole-v1", "--adam-fused", "--total-timesteps", "1024",
+                            "--run-dir", str(tmp_path / "run"), "--no-final-eval", "--no-tensorboard"])
+    assert cfg.adam_fused
+    run = train(cfg)
+    losses = [r["losses/value_loss"] for r in read_metrics(run / "metrics.jsonl")]
+    assert len(losses) == 2 and all(math.isfinite(x) for x in losses)

@@ -23,6 +23,7 @@ from multiscene.algos.onpolicy.base import (
     OnPolicyAlgorithm,
     Snapshot,
     UpdateResult,
+    adam,
     add_aux_terms,
     backward_and_clip,
     critic_diagnostics,
@@ -95,7 +96,7 @@ class A2C(OnPolicyAlgorithm):
     def make_optimizer(self, agent: Agent, cfg: TrainConfig) -> torch.optim.Optimizer:
         groups = param_groups(agent, cfg)
         if cfg.a2c.optimizer == "adam":  # type: ignore[attr-defined]
-            return torch.optim.Adam(groups, lr=cfg.learning_rate, eps=cfg.adam_eps)
+            return adam(groups, cfg)
         return torch.optim.RMSprop(
             groups, lr=cfg.learning_rate, alpha=cfg.a2c.rms_alpha, eps=cfg.a2c.rms_eps  # type: ignore[attr-defined]
         )

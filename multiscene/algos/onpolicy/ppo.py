@@ -173,8 +173,9 @@ class PPO(OnPolicyAlgorithm):
                 optimizer.step()
                 metrics["losses/grad_norm"] = grad_norm.detach()  # type: ignore[union-attr]
                 metrics.update(critic_diagnostics(agent, critic_out, first))
-                for k, v in metrics.items():
-                    sums[k] = sums.get(k, 0.0) + float(v)
+                # One host transfer for every metric (each float(v) is one): the same float32 values.
+                for k, v in zip(metrics, torch.stack([v.reshape(()) for v in metrics.values()]).tolist()):
+                    sums[k] = sums.get(k, 0.0) + v
                 count += 1
                 if cfg.target_kl is not None and distributed.agree(float(metrics["losses/approx_kl"]) > cfg.target_kl):
                     stop_early = True
