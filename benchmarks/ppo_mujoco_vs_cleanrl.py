@@ -86,7 +86,7 @@ def ours_command(python: str, args: argparse.Namespace, run_dir: Path, profile_o
         "--num-envs", str(args.num_envs), "--num-steps", str(args.num_steps),
         "--total-timesteps", str(args.total_timesteps), "--seed", str(args.seed),
         "--torch-threads", str(args.threads), "--device", "cpu", "--no-final-eval", "--progress", "none",
-        "--run-dir", str(run_dir), "--overwrite",
+        "--run-dir", str(run_dir), "--overwrite", *args.ours_arg,
     ]
 
 
@@ -177,6 +177,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--json", type=Path, default=None, help="write every measurement and the summary here")
     p.add_argument("--profile", action="store_true", help="also cProfile one run of ours and print the top")
     p.add_argument("--keep", type=Path, default=None, help="keep the run directories here (default: a temp dir)")
+    p.add_argument("--ours-arg", action="append", default=[], metavar="FLAG",
+                   help="an extra flag for our side, after the preset's (repeatable; e.g. --ours-arg=--no-adam-fused)")
     args = p.parse_args(argv)
     if args.total_timesteps < args.num_envs * args.num_steps:
         p.error("--total-timesteps must allow one update (>= --num-envs x --num-steps)")

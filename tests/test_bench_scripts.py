@@ -35,6 +35,10 @@ def test_both_commands_get_the_same_shape_and_budget():
     for flag, value in (("--num-envs", "2"), ("--num-steps", "1024"), ("--total-timesteps", "4096"), ("--seed", "1")):
         assert ours[ours.index(flag) + 1] == value and theirs[theirs.index(flag) + 1] == value
     assert "--no-cuda" in theirs and ours[ours.index("--preset") + 1] == "ppo-mujoco"
+    # --ours-arg flags go to our side only, after everything else (so they override the preset)
+    args = vs.parse_args(["--ours-arg=--no-adam-fused", "--ours-arg", "--bf16"])
+    ours, theirs = vs.ours_command("python", args, Path("/tmp/x")), vs.cleanrl_command(args)
+    assert ours[-2:] == ["--no-adam-fused", "--bf16"] and "--no-adam-fused" not in theirs
 
 
 def test_run_scores_follow_the_carried_forward_curve(tmp_path):
