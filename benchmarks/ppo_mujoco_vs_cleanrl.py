@@ -178,7 +178,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--profile", action="store_true", help="also cProfile one run of ours and print the top")
     p.add_argument("--keep", type=Path, default=None, help="keep the run directories here (default: a temp dir)")
     p.add_argument("--ours-arg", action="append", default=[], metavar="FLAG",
-                   help="an extra flag for our side, after the preset's (repeatable; e.g. --ours-arg=--no-adam-fused)")
+                   help="an extra flag for our side, after the preset's (repeatable; write it with =, e.g. --ours-arg=--no-adam-fused)")
     args = p.parse_args(argv)
     if args.total_timesteps < args.num_envs * args.num_steps:
         p.error("--total-timesteps must allow one update (>= --num-envs x --num-steps)")

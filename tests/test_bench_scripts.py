@@ -36,7 +36,7 @@ def test_both_commands_get_the_same_shape_and_budget():
         assert ours[ours.index(flag) + 1] == value and theirs[theirs.index(flag) + 1] == value
     assert "--no-cuda" in theirs and ours[ours.index("--preset") + 1] == "ppo-mujoco"
     # --ours-arg flags go to our side only, after everything else (so they override the preset)
-    args = vs.parse_args(["--ours-arg=--no-adam-fused", "--ours-arg", "--bf16"])
+    args = vs.parse_args(["--ours-arg=--no-adam-fused", "--ours-arg=--bf16"])  # a flag as value needs "="
     ours, theirs = vs.ours_command("python", args, Path("/tmp/x")), vs.cleanrl_command(args)
     assert ours[-2:] == ["--no-adam-fused", "--bf16"] and "--no-adam-fused" not in theirs
 
