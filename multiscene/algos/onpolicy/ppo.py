@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import TYPE_CHECKING
 
 import torch
@@ -91,7 +92,8 @@ def ppo_loss(
     """
     pmask = mask if policy_mask is None else (policy_mask if mask is None else policy_mask & mask)
     logprobs = dist.log_prob(actions)
-    entropy = dist.entropy()
+    with contextlib.nullcontext() if ent_coef else torch.no_grad():  # no graph for a term weighted 0
+        entropy = dist.entropy()
     log_ratio = logprobs - old_logprobs
     ratio = log_ratio.exp()
     if norm_adv:
@@ -148,7 +150,7 @@ class PPO(OnPolicyAlgorithm):
         snapshot = Snapshot(agent, optimizer)
         sums: dict[str, float] = {}
         count = 0
-        autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16)
+        autocast = torch.autocast(device.type, dtype=torch.bfloat16) if cfg.bf16 else contextlib.nullcontext()
         stop_early = False
         inputs = DeviceRollout.of(rollout, device)
         for _epoch in range(cfg.update_epochs):

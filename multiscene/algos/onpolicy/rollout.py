@@ -183,7 +183,7 @@ class RolloutCollector:
                 parts = [action_cols, dist.log_prob(action)[:, None], to_float(out.values[0])]
                 if "alpha" in out.extras:
                     parts.append(to_float(out.extras["alpha"][0]))
-                host = torch.cat(parts, dim=1).cpu().numpy()
+                host = (torch.cat(parts, dim=1) if on_cpu else torch.cat(parts, dim=1).cpu()).numpy()
                 if self.continuous:
                     actions_np[t] = host[:, :A]
                 else:
