@@ -21,17 +21,21 @@ CleanRL runs in its own venv (``/work/peer_venvs/cleanrl_mujoco``: torch 2.13.0 
 gymnasium[mujoco] 0.29.1, tyro, tensorboard), never in the project's.
 
 ``--profile`` additionally runs ours once under cProfile and prints the top functions by cumulative and by
-own time, to see where our time goes.
+own time, to see where our time goes. ``--breakdown`` instead times the parts of our collection and update
+in this process (microseconds per env step; no CleanRL run, no profiler distortion beyond ~1 us per timed
+call). ``--ours-arg=FLAG`` (repeatable) adds a flag to our side only, e.g. ``--ours-arg=--no-adam-fused``.
 
 Usage (from the repository root)::
 
     PYTHONPATH=. python benchmarks/ppo_mujoco_vs_cleanrl.py [--total-timesteps 6144] [--rounds 2] \
-        [--num-envs 1] [--num-steps 2048] [--json out.json] [--profile]
+        [--num-envs 1] [--num-steps 2048] [--json out.json] [--profile] [--ours-arg=FLAG ...]
+    PYTHONPATH=. python benchmarks/ppo_mujoco_vs_cleanrl.py --breakdown
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -41,8 +45,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from multiscene.children import end_with_this_process
 
@@ -151,6 +157,83 @@ def profile_ours(args: argparse.Namespace, work: Path, top: int = 25) -> str:
     return text.getvalue()
 
 
+@contextlib.contextmanager
+def _timed(owner: Any, name: str, key: str, acc: dict[str, float]) -> Iterator[None]:
+    """Replace ``owner.name`` by a wrapper adding its wall time to ``acc[key]``; restore it on exit."""
+    original = getattr(owner, name)
+
+    def timed(*a: Any, **k: Any) -> Any:
+        t = time.perf_counter()
+        try:
+            return original(*a, **k)
+        finally:
+            acc[key] = acc.get(key, 0.0) + time.perf_counter() - t
+
+    setattr(owner, name, timed)
+    try:
+        yield
+    finally:
+        setattr(owner, name, original)
+
+
+def breakdown(preset_args: list[str], rounds: int = 2) -> dict[str, dict[str, float]]:
+    """Where our side's time goes, in-process: microseconds per env step of each part of one collection and one
+    update of ``--preset ppo-mujoco`` plus ``preset_args`` (the last of ``rounds`` rollout+update rounds).
+
+    Collection: the env step (``VecEnv.step``), the acting forward (``Agent.forward``), observation
+    normalization, and the rest of the collector's loop (storage, sampling, log-probabilities, the reward
+    normalizer). Update: forward, loss, backward, gradient clipping, optimizer step, and the rest (clearing
+    gradients, finiteness checks, metrics). Each timed call pays ~1 us for its timer."""
+    import torch
+
+    from multiscene import registry
+    from multiscene.algos.onpolicy import base, ppo
+    from multiscene.algos.onpolicy.rollout import RolloutCollector
+    from multiscene.cli import parse_train_args
+    from multiscene.envs import make_env
+    from multiscene.runtime import env_spec, make_agent, seed_everything
+
+    cfg = parse_train_args(["--preset", "ppo-mujoco", *preset_args])
+    if cfg.algo != "ppo":
+        raise ValueError(f"the breakdown times PPO's update; got --algo {cfg.algo}")
+    if cfg.torch_threads > 0:
+        torch.set_num_threads(cfg.torch_threads)
+    seed_everything(cfg.seed, cfg.deterministic_torch)
+    device = torch.device("cpu")
+    envs = make_env(env_spec(cfg, "train", cfg.num_envs))
+    try:
+        agent = make_agent(cfg, envs, device=device)
+        algo = registry.load("algorithm", cfg.algo)()
+        optimizer = algo.make_optimizer(agent, cfg)
+        collector = RolloutCollector(envs, agent, cfg, device)
+        steps = cfg.num_envs * cfg.num_steps
+        collect: dict[str, float] = {}
+        update: dict[str, float] = {}
+        for _ in range(rounds):
+            collect.clear()
+            update.clear()
+            with _timed(envs, "step", "env step", collect), _timed(agent, "forward", "acting forward", collect), \
+                    _timed(agent, "normalize_obs", "observation normalization", collect):
+                t = time.perf_counter()
+                rollout = collector.collect(agent)
+                collect["total"] = time.perf_counter() - t
+            adv = algo.advantages(agent.critic, rollout, cfg)
+            with _timed(base.DeviceRollout, "forward", "forward", update), _timed(ppo, "ppo_loss", "loss", update), \
+                    _timed(torch.Tensor, "backward", "backward", update), \
+                    _timed(base, "clip_grad_norm", "gradient clipping", update), \
+                    _timed(optimizer, "step", "optimizer step", update):
+                t = time.perf_counter()
+                algo.update(agent, optimizer, rollout, adv, {}, cfg, device)
+                update["total"] = time.perf_counter() - t
+    finally:
+        envs.close()
+    out = {}
+    for name, parts in (("collect", collect), ("update", update)):
+        rest = parts["total"] - sum(v for k, v in parts.items() if k != "total")
+        out[name] = {k: v / steps * 1e6 for k, v in {**parts, "rest": rest}.items()}
+    return out
+
+
 def summarize(measurements: list[Measurement]) -> dict[str, float]:
     """Median SPS per side over the rounds and their ratio ours / CleanRL (the median resists one round hit by
     a load spike)."""
@@ -176,6 +259,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--cleanrl-script", default=DEFAULT_CLEANRL_SCRIPT)
     p.add_argument("--json", type=Path, default=None, help="write every measurement and the summary here")
     p.add_argument("--profile", action="store_true", help="also cProfile one run of ours and print the top")
+    p.add_argument("--breakdown", action="store_true",
+                   help="only time the parts of our collection and update in-process (us per env step), no CleanRL")
     p.add_argument("--keep", type=Path, default=None, help="keep the run directories here (default: a temp dir)")
     p.add_argument("--ours-arg", action="append", default=[], metavar="FLAG",
                    help="an extra flag for our side, after the preset's (repeatable; write it with =, e.g. --ours-arg=--no-adam-fused)")
@@ -185,13 +270,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.rounds < 1:
         p.error("--rounds must be >= 1")
     for name in ("cleanrl_python", "cleanrl_script"):
-        if not Path(getattr(args, name)).exists():
+        if not args.breakdown and not Path(getattr(args, name)).exists():
             p.error(f"--{name.replace('_', '-')} {getattr(args, name)} does not exist (see /work/shared/peers/README.md)")
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.breakdown:
+        parts = breakdown([f"--env={args.ours_env}", f"--num-envs={args.num_envs}", f"--num-steps={args.num_steps}",
+                           f"--seed={args.seed}", f"--torch-threads={args.threads}", *args.ours_arg])
+        for phase, times in parts.items():
+            print(f"{phase}: " + ", ".join(f"{k} {v:.1f}" for k, v in times.items()) + "  (us per env step)")
+        return 0
     work = args.keep or Path(tempfile.mkdtemp(prefix="ppo_vs_cleanrl_"))
     work.mkdir(parents=True, exist_ok=True)
     started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())

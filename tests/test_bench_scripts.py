@@ -77,3 +77,20 @@ def test_methods_differ_only_where_they_say():
     assert cmd[cmd.index("--preset") + 1] == "acktr-mujoco"
     assert cmd[cmd.index("--num-envs") + 1] == "8" and cmd[cmd.index("--num-steps") + 1] == "20"
     assert cmd[cmd.index("--total-timesteps") + 1] == "20000" and cmd[cmd.index("--seed") + 1] == "2"
+
+
+def test_breakdown_times_every_part_of_a_small_run():
+    pytest.importorskip("mujoco")
+    vs = load_benchmark_script("ppo_mujoco_vs_cleanrl.py")
+    parts = vs.breakdown(["--env", "HalfCheetah-v5", "--num-steps", "64", "--num-minibatches", "4",
+                          "--update-epochs", "2", "--torch-threads", "1"], rounds=1)
+    assert set(parts["collect"]) == {"env step", "acting forward", "observation normalization", "total", "rest"}
+    assert set(parts["update"]) == {"forward", "loss", "backward", "gradient clipping", "optimizer step", "total",
+                                    "rest"}
+    for times in parts.values():
+        assert all(v > 0 for k, v in times.items() if k != "rest")
+        assert sum(v for k, v in times.items() if k != "total") == pytest.approx(times["total"])
+    # the patched methods are restored
+    import torch
+
+    assert torch.Tensor.backward.__name__ == "backward"
