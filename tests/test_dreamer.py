@@ -396,6 +396,13 @@ def test_short_minigrid_run_writes_a_run_dir_and_resumes(tmp_path) -> None:  # t
     for split in ("train", "test"):
         assert final[split]["episodes"] == 2 and "deterministic" in final[split]
     assert "random_policy_test" in final
+    # `multiscene report` reads it as a finished run: a Dreamer evaluation writes no per-step records, and their
+    # absence is not a missing file (it was reported as a partial run before).
+    from multiscene.analysis.report import ReportOptions, build_report
+
+    summary = build_report(run_dir, ReportOptions(tsne_points=20, frames_per_cluster=2, trajectories=1))
+    assert summary["partial"] is False and summary["problems"] == [], summary["problems"]
+    assert "keeps no per-step values" in (run_dir / "report" / "index.html").read_text()
 
     replay_steps = ckpt.state["replay"]["saved_steps"]
     assert replay_steps == ckpt.state["replay"]["total_steps"] > 0  # the whole (small) replay is saved

@@ -203,6 +203,9 @@ def value_error_section(run: RunData, out: Path) -> tuple[Section, dict[str, Any
                                 "limit are compared with a return that misses its tail.")
         figures.value_error_figure(drawn, out / "value_error.png", run.label)
         section.figures.append("value_error.png")
+    elif not summary and not run.records_steps:
+        section.text.append("A Dreamer run's evaluation keeps no per-step values (its critic values imagined latent "
+                            "states, not observations): the value error is an on-policy and IMPALA analysis.")
     elif not summary:
         section.text.append("No eval/final_steps_*.npz: value error needs the final evaluation's step records.")
     return section, summary

@@ -46,6 +46,7 @@ class RunData:
     steps: dict[str, dict[str, np.ndarray]]  # split -> arrays of eval/final_steps_<split>.npz
     problems: list[str] = field(default_factory=list)
     _frames: dict[str, dict[int, np.ndarray]] = field(default_factory=dict, repr=False)
+    loop: str | None = None  # config.json's top-level "algo" (the training loop that wrote the run), when present
 
     # Fields of the config the analyses need, with the trainer's names (multiscene/config.py).
     @property
@@ -58,8 +59,15 @@ class RunData:
 
     @property
     def algo(self) -> str:
-        """``--algo`` of the run (runs written before the algorithm axis existed were PPO)."""
-        return str(self.config.get("algo", "ppo"))
+        """``--algo`` of the run (runs written before the algorithm axis existed were PPO). The loop's own record
+        wins: a Dreamer run started from Python keeps ``algo`` "ppo" in its TrainConfig."""
+        return str(self.loop or self.config.get("algo", "ppo"))
+
+    @property
+    def records_steps(self) -> bool:
+        """Whether the run's final evaluation writes per-step records (``final_steps_<split>.npz``): every on-policy
+        and IMPALA run; a Dreamer run's evaluation does not (its critic values imagined latent states)."""
+        return self.algo != "dreamer"
 
     @property
     def aux(self) -> str:
@@ -262,7 +270,8 @@ def load_run(path: Path | str) -> RunData:
             problems.append("no evaluation yet (no eval/final.json): run `multiscene eval` or finish training")
 
     steps: dict[str, dict[str, np.ndarray]] = {}
-    if eval_tag == "final":
+    loop = record.get("algo") if isinstance(record.get("algo"), str) else None
+    if eval_tag == "final" and (loop or config.get("algo")) != "dreamer":
         for split in SPLITS:
             steps_path = eval_dir / f"final_steps_{split}.npz"
             if steps_path.exists():
@@ -271,4 +280,4 @@ def load_run(path: Path | str) -> RunData:
                 problems.append(f"no eval/final_steps_{split}.npz: no value error, clusters or trajectories "
                                 f"for the {split} split")
     return RunData(path=path, config=config, version=record.get("multiscene_version"), metrics=metrics,
-                   eval_summary=eval_summary, eval_tag=eval_tag, steps=steps, problems=problems)
+                   eval_summary=eval_summary, eval_tag=eval_tag, steps=steps, problems=problems, loop=loop)
