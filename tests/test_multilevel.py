@@ -41,6 +41,20 @@ def test_level_frequencies_are_uniform_over_episodes() -> None:
     envs.close()
 
 
+def test_episode_stats_keep_the_sub_envs_time_limit_flag() -> None:
+    # Episodes cut by the 2-step limit are truncated, as the sub-env reports them (the flag used to be dropped);
+    # an action that ends an episode earlier is not (MiniGrid's "done" on the goal: never reached in 2 steps).
+    envs = make_env(spec(",".join(IDS[:2]), num_envs=2, max_steps=2))
+    envs.reset()
+    seen: list[EpisodeStats] = []
+    for _ in range(6):
+        step = envs.step(np.zeros(2, dtype=np.int64))
+        seen.extend(step.episodes)
+        assert [ep.truncated for ep in step.episodes] == [bool(step.truncated[ep.env_index]) for ep in step.episodes]
+    assert len(seen) == 6 and all(ep.truncated and ep.length == 2 for ep in seen)
+    envs.close()
+
+
 def test_level_only_changes_at_episode_starts_and_obs_has_the_shared_shape() -> None:
     envs = make_env(spec(",".join(IDS), num_envs=2, max_steps=4, seed=3))
     step = envs.reset()

@@ -137,7 +137,7 @@ class MultiLevelVecEnv:
             if result.first[0]:
                 for ep in result.episodes:
                     # The sub-env's own level seed is replaced by the sub-env index (the level of this set).
-                    episodes.append(EpisodeStats(slot, ep.episode_return, ep.length, level, ep.success))
+                    episodes.append(EpisodeStats(slot, ep.episode_return, ep.length, level, ep.success, ep.truncated))
                 obs[slot] = self._pick(slot)  # a fresh pick, even if the same level: reset() starts anew
             else:
                 obs[slot] = result.obs[0]
