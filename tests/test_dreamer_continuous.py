@@ -6,6 +6,7 @@ resumes."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -278,3 +279,40 @@ def test_fig8_reconstruction_loads_a_continuous_agent_and_feeds_it_unit_box_acti
     assert np.abs(fed).max() > 0.5  # uniform torques in [-2, 2] map onto the whole unit interval
     frames, error = reconstruct(agent, seq)
     assert frames.shape == seq.obs.shape and np.isfinite(error).all()
+
+
+def test_log_prob_from_the_pre_tanh_sample_is_exact_where_the_tanh_saturates() -> None:
+    """``log_prob(action, raw=u)`` equals torch's tanh-transformed Normal at moderate u (where inverting the action
+    also works), and stays exact for a saturated actor, where atanh of the clamped action is off by orders of
+    magnitude and its Reinforce gradient points the wrong way. Behavior.losses with --dreamer.actor-grad
+    reinforce uses the raw samples of the imagined rollout."""
+    from torch.distributions import Normal, TransformedDistribution
+    from torch.distributions.transforms import TanhTransform
+
+    from multiscene.algos.dreamer.behavior import ActionDist
+
+    torch.manual_seed(1)
+    mean, std = torch.randn(64, 3, dtype=torch.float64), torch.rand(64, 3, dtype=torch.float64) + 0.2
+    dist = ActionDist(False, mean=mean, std=std)
+    action, raw = dist.sample_with_raw()
+    assert raw is not None and torch.equal(action, torch.tanh(raw))
+    reference = TransformedDistribution(Normal(mean, std), [TanhTransform()]).log_prob(action).sum(-1)
+    assert torch.allclose(dist.log_prob(action, raw=raw), reference, atol=1e-8)
+    assert torch.allclose(dist.log_prob(action), reference, atol=1e-5)  # the inverted path, fine here
+
+    # Saturated: u around 20, tanh(u) == 1 in float32. The exact value is the Gaussian's density at u minus
+    # log(1 - tanh(u)^2) ~ -2u + 2 log 2 (a large positive number); the clamped inversion is far off.
+    mean32 = torch.full((5, 1), 20.0, requires_grad=True)
+    saturated = ActionDist(False, mean=mean32, std=torch.full((5, 1), 0.5))
+    torch.manual_seed(2)
+    action, raw = saturated.sample_with_raw()
+    assert raw is not None and bool((action == 1.0).all())
+    exact = Normal(mean32.detach().double(), 0.5).log_prob(raw.detach().double()) - 2.0 * (
+        math.log(2.0) - raw.detach().double() - torch.nn.functional.softplus(-2.0 * raw.detach().double()))
+    ours = saturated.log_prob(action.detach(), raw=raw.detach())
+    assert torch.allclose(ours.double(), exact.sum(-1), rtol=1e-5)
+    inverted = saturated.log_prob(action.detach())
+    assert float((inverted.detach().double() - exact.sum(-1)).abs().min()) > 10.0
+    # Reinforce on the exact density: the mean's gradient is the Gaussian score (u - mean) / std^2 only.
+    ours.sum().backward()
+    assert torch.allclose(mean32.grad, ((raw.detach() - 20.0) / 0.25), atol=1e-4)

@@ -67,12 +67,19 @@ class ActionDist:
     def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
         """[N, A]: a straight-through one-hot (discrete) or a reparameterized tanh-Gaussian sample, so that
         dynamics backprop can pass gradients through the action."""
+        return self.sample_with_raw(generator)[0]
+
+    def sample_with_raw(self, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(action, raw): ``sample``'s action and, for tanh-Gaussians, the Gaussian sample u before the tanh
+        (None for categoricals), from the same random draw. ``log_prob(action, raw=u)`` is exact even where the
+        tanh saturates, which inverting the action cannot be."""
         if self.discrete:
             assert self.logits is not None
-            return straight_through_sample(self.logits, generator)
+            return straight_through_sample(self.logits, generator), None
         assert self.mean is not None and self.std is not None
         noise = torch.randn(self.mean.shape, generator=generator, device=self.mean.device)
-        return torch.tanh(self.mean + self.std * noise)
+        raw = self.mean + self.std * noise
+        return torch.tanh(raw), raw
 
     def mode(self) -> torch.Tensor:
         if self.discrete:
@@ -81,16 +88,24 @@ class ActionDist:
         assert self.mean is not None
         return torch.tanh(self.mean)
 
-    def log_prob(self, action: torch.Tensor) -> torch.Tensor:
-        """[N] log-density of ``action`` [N, A]."""
+    def log_prob(self, action: torch.Tensor, raw: torch.Tensor | None = None) -> torch.Tensor:
+        """[N] log-density of ``action`` [N, A]. For tanh-Gaussians pass ``raw``, the pre-tanh sample the action
+        came from (``sample_with_raw``): the density is then the Gaussian's at u minus the tanh's log-Jacobian
+        log(1 - tanh(u)^2) = 2 (log 2 - u - softplus(-2u)), stable for any u. Without it u is recovered as
+        atanh(action) with the action clamped inside (-1, 1), which is wrong once the actor saturates
+        (|u| > 7.25): Reinforce then pushes the mean on the clamped point's distance."""
         if self.discrete:
             assert self.logits is not None
             return (action * torch.log_softmax(self.logits, -1)).sum(-1)
         assert self.mean is not None and self.std is not None
-        clipped = action.clamp(-0.999999, 0.999999)
-        raw = torch.atanh(clipped)
+        if raw is None:
+            clipped = action.clamp(-0.999999, 0.999999)
+            raw = torch.atanh(clipped)
+            log_jacobian = torch.log1p(-clipped.pow(2))
+        else:
+            log_jacobian = 2.0 * (math.log(2.0) - raw - F.softplus(-2.0 * raw))
         normal = -0.5 * ((raw - self.mean) / self.std).pow(2) - torch.log(self.std) - 0.5 * math.log(2 * math.pi)
-        return (normal - torch.log1p(-clipped.pow(2))).sum(-1)
+        return (normal - log_jacobian).sum(-1)
 
     def entropy(self, sample: torch.Tensor | None = None) -> torch.Tensor:
         """[N]: exact for categoricals. For tanh-Gaussians H[tanh(u)] = H[u] + E[log(1 - tanh(u)^2)]: the
@@ -153,19 +168,21 @@ class Behavior(nn.Module):
     def imagine(
         self, world_model: WorldModel, start: RSSMState, horizon: int, with_grad: bool,
         generator: torch.Generator | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Roll the actor out in the prior from ``start`` ([N, ...]) -> (features [H+1, N, F], actions [H, N, A]);
-        ``actions[t]`` is taken in state t. The actor reads stop-gradient features (DreamerV2)."""
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Roll the actor out in the prior from ``start`` ([N, ...]) -> (features [H+1, N, F], actions [H, N, A],
+        pre-tanh samples [H, N, A] or None for discrete actions); ``actions[t]`` is taken in state t. The actor
+        reads stop-gradient features (DreamerV2)."""
         state = start
         feats = [RSSM.features(state)]
-        actions = []
+        actions, raws = [], []
         with torch.set_grad_enabled(with_grad and torch.is_grad_enabled()):
             for _ in range(horizon):
-                action = self.policy(feats[-1].detach()).sample(generator)
+                action, raw = self.policy(feats[-1].detach()).sample_with_raw(generator)
                 state = world_model.rssm.img_step(state, action, generator)
                 feats.append(RSSM.features(state))
                 actions.append(action)
-        return torch.stack(feats), torch.stack(actions)
+                raws.append(raw)
+        return torch.stack(feats), torch.stack(actions), None if self.discrete else torch.stack(raws)  # type: ignore[arg-type]
 
     def losses(
         self, world_model: WorldModel, start: RSSMState, start_discount: torch.Tensor, cfg: DreamerConfig,
@@ -175,7 +192,7 @@ class Behavior(nn.Module):
         with the replay's discounts ``start_discount`` [N]. The world model's parameters must be frozen by the
         caller: gradients reach only the actor (through the dynamics when rho < 1) and the critic."""
         rho = self.reinforce_weight(cfg)
-        feats, actions = self.imagine(world_model, start, cfg.horizon, with_grad=rho < 1.0, generator=generator)
+        feats, actions, raws = self.imagine(world_model, start, cfg.horizon, with_grad=rho < 1.0, generator=generator)
         reward = world_model.predicted_reward(feats[1:])
         continuation = cfg.gamma * torch.sigmoid(world_model.continuation_logits(feats[1:]))
         target_value = self.value(feats[1:], target=True)
@@ -190,7 +207,8 @@ class Behavior(nn.Module):
         if rho > 0.0:
             baseline = self.value(feats[:-1].detach(), target=True)
             advantage = (returns - baseline).detach()
-            log_prob = policy.log_prob(flat_actions.detach()).reshape(actions.shape[:2])
+            flat_raws = None if raws is None else raws.flatten(0, 1).detach()
+            log_prob = policy.log_prob(flat_actions.detach(), raw=flat_raws).reshape(actions.shape[:2])
             objective = objective + rho * log_prob * advantage
         if rho < 1.0:
             objective = objective + (1.0 - rho) * returns
