@@ -147,6 +147,8 @@ def test_end_to_end_with_tiny_dreamer_runs(tmp_path: Path) -> None:
         "joint/s1", "baseline/MiniGrid-Empty-5x5-v0/s1", "baseline/MiniGrid-DoorKey-5x5-v0/s1",
         f"baseline/{TRANSFER}/s1"]
     assert recon["skipped"] == [] and len(recon["shown_steps"]) == 5
+    # the frames follow the policy of the agent that trained on the level
+    assert recon["policy"] == f"sampled policy of baseline/{TRANSFER}/s1"
     assert all(r["mse_shown"] > 0 and np.isfinite(r["mse_all_steps"]) for r in recon["rows"])
     arrays = np.load(report / recon["arrays"])
     assert list(arrays) == ["observed"] + [r["run"].replace("/", "__") for r in recon["rows"]]
@@ -213,10 +215,16 @@ def test_reconstruction_error_falls_as_the_world_model_learns_the_frames() -> No
         torch.manual_seed(0)
         cfg = DreamerConfig(size="small")
         agent = DreamerAgent(envs.obs_shape, envs.num_actions, cfg, symbol_classes_for(envs.obs_shape, np.uint8))
+        # Driven by an agent's sampled policy: the actions it took are what the RSSM reads, and a seed fixes it.
+        driven = [collect_sequence(envs, 30, seed=s, driver=agent) for s in (4, 4, 5)]
     finally:
         envs.close()
     assert seq.obs.shape == (30, 7, 7, 3) and seq.first[0] and seq.prev_action.shape == (30, 3 + 4)
     assert (seq.prev_action[seq.first] == 0).all() and (seq.prev_action[~seq.first].sum(1) == 1).all()
+    for d in driven:
+        assert (d.prev_action[d.first] == 0).all() and (d.prev_action[~d.first].sum(1) == 1).all()
+    assert np.array_equal(driven[0].prev_action, driven[1].prev_action) and np.array_equal(driven[0].obs, driven[1].obs)
+    assert not np.array_equal(driven[0].prev_action, driven[2].prev_action)
     frames, before = reconstruct(agent, seq)
     assert frames.shape == seq.obs.shape and frames.dtype == np.uint8 and before.shape == (30,)
 

@@ -13,8 +13,11 @@ to the levels it trained on. Here, per transfer level (E^tau, ``--transfer-level
 Fine-tuned agents are left out (the seed does not show them; each is the joint agent further trained on one level
 of E^pre, so it adds rows, not a new kind of agent), and so are the transfer runs (they trained on the level).
 
-The observed sequence is ``steps`` env steps of a uniformly random policy (a fixed seed, so every agent sees the
-same frames) on one env of the level, built from the runs' own config with ``--env`` set to the level. Each agent's
+The observed sequence is ``steps`` env steps on one env of the level (built from the runs' own config with
+``--env`` set to the level), the same frames for every agent: the sampled policy of the level's own baseline (it
+trained on the level, so it moves through it), else of the joint agent, else (no such run, or ``policy="random"``)
+a uniformly random policy, with a fixed seed. The JSON names the policy per level. (The first version used the
+random policy only: on Mario it barely leaves the start, and the five frames were nearly the same.) Each agent's
 reconstruction is its world model's posterior over the whole sequence (encoder, then the RSSM filtering the
 embeddings with the actions taken, a seeded posterior sample per step), decoded by the image decoder's mean. The
 frames shown are ``frames`` time steps spread over the second half to the end of the sequence, so the RSSM has
@@ -46,7 +49,7 @@ RECON_FRAMES = 5
 
 @dataclasses.dataclass
 class ObservedSequence:
-    """One episode-or-more of a random policy on one env: what every world model is shown."""
+    """One episode-or-more of one policy on one env: what every world model is shown."""
 
     obs: np.ndarray
     """[T, *obs_shape] observations as the env gives them."""
@@ -56,8 +59,9 @@ class ObservedSequence:
     """[T] bool, True where an episode starts."""
 
 
-def collect_sequence(envs: Any, steps: int, seed: int) -> ObservedSequence:
-    """``steps`` observations of a uniformly random policy on the one-env set ``envs`` (reset here)."""
+def collect_sequence(envs: Any, steps: int, seed: int, driver: Any = None) -> ObservedSequence:
+    """``steps`` observations on the one-env set ``envs`` (reset here): of a uniformly random policy, or with
+    ``driver`` (a ``DreamerAgent``) of that agent's sampled policy, seeded by ``seed`` either way."""
     from multiscene.evaluate import random_actions
 
     generator = torch.Generator().manual_seed(seed)
@@ -66,20 +70,28 @@ def collect_sequence(envs: Any, steps: int, seed: int) -> ObservedSequence:
     size = int(envs.num_actions)
     start = envs.reset()
     obs, prev, first = [start.obs[0]], [np.zeros(size, np.float32)], [True]
-    while len(obs) < steps:
-        action = random_actions(envs, 1, generator).numpy()
-        result = envs.step(action)
-        obs.append(result.obs[0])
-        first.append(bool(result.first[0]))
-        if result.first[0]:
-            prev.append(np.zeros(size, np.float32))
-        elif discrete:
-            prev.append(np.eye(size, dtype=np.float32)[int(action[0])])
-        else:
-            # The RSSM reads the [-1, 1] vector the actor emits, not the env's units (DreamerAgent.env_actions).
-            low = np.where(np.isfinite(spec.low), spec.low, -1.0)
-            high = np.where(np.isfinite(spec.high), spec.high, 1.0)
-            prev.append(((np.asarray(action[0], np.float64) - low) / (high - low) * 2.0 - 1.0).astype(np.float32))
+    state = driver.initial_state(1, torch.device("cpu")) if driver is not None else None
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)  # the driver's samples draw from the global generator
+        while len(obs) < steps:
+            if driver is not None:
+                action_t, state = driver.act(torch.as_tensor(obs[-1][None]), torch.tensor([first[-1]]), state)
+                action = driver.env_actions(action_t)
+                # What the RSSM reads: the one-hot or the [-1, 1] vector the actor emitted.
+                taken = state.prev_action[0].numpy().astype(np.float32)
+            else:
+                action = random_actions(envs, 1, generator).numpy()
+                if discrete:
+                    taken = np.eye(size, dtype=np.float32)[int(action[0])]
+                else:
+                    # The RSSM reads the [-1, 1] vector the actor emits, not the env's units (env_actions).
+                    low = np.where(np.isfinite(spec.low), spec.low, -1.0)
+                    high = np.where(np.isfinite(spec.high), spec.high, 1.0)
+                    taken = ((np.asarray(action[0], np.float64) - low) / (high - low) * 2.0 - 1.0).astype(np.float32)
+            result = envs.step(action)
+            obs.append(result.obs[0])
+            first.append(bool(result.first[0]))
+            prev.append(np.zeros(size, np.float32) if result.first[0] else taken)
     return ObservedSequence(np.stack(obs), np.stack(prev), np.array(first))
 
 
@@ -131,6 +143,7 @@ def shown_steps(steps: int, frames: int) -> list[int]:
 def reconstruction_figures(
     out: Path, transfer: list[str], pre: list[str], plans: list[Any], report: Path, seed: int = 1,
     steps: int = RECON_STEPS, frames: int = RECON_FRAMES, log: Callable[[str], None] = print,
+    policy: str = "agent",
 ) -> list[Path]:
     """Seed 003 Fig. 8 per transfer level into ``report/reconstructions_<level>.png``, the shown frames and
     reconstructions into ``reconstructions_<level>.npz`` (``observed``, one array per drawn agent, in row order)
@@ -148,7 +161,9 @@ def reconstruction_figures(
     from multiscene.runtime import env_spec, load_config
 
     runs = out / "runs"
-    record: dict[str, Any] = {"seed": seed, "steps": steps, "policy": "uniform random", "levels": {}}
+    if policy not in ("agent", "random"):
+        raise ValueError(f"policy must be 'agent' or 'random', got {policy!r}")
+    record: dict[str, Any] = {"seed": seed, "steps": steps, "policy": policy, "levels": {}}
     written: list[Path] = []
     if not transfer:
         log("reconstructions (Fig. 8): no --transfer-levels in this protocol; nothing to reconstruct")
@@ -180,7 +195,13 @@ def reconstruction_figures(
                     log(f"reconstructions (Fig. 8) of {level}: skipped {name}: {reason}")
             if not agents:
                 continue
-            seq = collect_sequence(envs, steps, seed)
+            # The frames follow the policy of the agent that trained on this level (it moves through the level,
+            # where a random policy barely leaves the start, e.g. on Mario), else the joint agent's.
+            drivers = [(name, agent) for name, label, agent in agents if name == candidates[-1][0]] or \
+                [(name, agent) for name, label, agent in agents if name.startswith("joint/")]
+            driver_name, driver = drivers[0] if drivers and policy == "agent" else (None, None)
+            entry["policy"] = f"sampled policy of {driver_name}" if driver_name else "uniform random"
+            seq = collect_sequence(envs, steps, seed, driver=driver)
         finally:
             envs.close()
         symbols = getattr(agents[0][2].world_model, "symbol_classes", None)
