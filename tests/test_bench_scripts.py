@@ -94,3 +94,47 @@ def test_breakdown_times_every_part_of_a_small_run():
     import torch
 
     assert torch.Tensor.backward.__name__ == "backward"
+
+
+FAKE_PEER = '''
+import json, sys
+args = sys.argv[1:]
+batch = int(args[args.index("--batch-size") + 1])
+print("peer log line", file=sys.stderr)
+sys.stdout.write("noise before the protocol\\n")
+sys.stdout.write("@@" + json.dumps({"ready": {"flops_per_step": 2e9 * batch, "flops_by_op": {"aten.mm": 2e9 * batch},
+                                              "parameters": {"total_trained": 1000}}}) + "\\n")
+sys.stdout.flush()
+for line in sys.stdin:
+    if not line.strip():
+        break
+    n = json.loads(line)["steps"]
+    sys.stdout.write("@@" + json.dumps({"wall": [0.5] * n, "cpu": [0.25] * n}) + "\\n")
+    sys.stdout.flush()
+'''
+
+
+def test_dreamer_vs_peer_times_our_step_against_a_peer_speaking_the_protocol(tmp_path, monkeypatch):
+    # The peer venv is not part of the project's, so a stand-in speaks peer_dreamkit_step.py's line protocol with
+    # fixed times: what is tested is our side (a real train step, its FLOPs and parameters) and the ABAB
+    # bookkeeping, ratios and summary of run_shape.
+    import argparse
+
+    dvp = load_benchmark_script("dreamer_vs_peer.py")
+    fake = tmp_path / "fake_peer.py"
+    fake.write_text(FAKE_PEER)
+    monkeypatch.setattr(dvp, "PEER_SCRIPT", fake)
+    ns = argparse.Namespace(peer_python=sys.executable, seed=1, warmup=1, rounds=2, steps=1)
+    with open(tmp_path / "peer.log", "w") as log:
+        result = dvp.run_shape(ns, batch=2, seq_len=4, log=log)
+    assert "peer log line" in (tmp_path / "peer.log").read_text()
+    s = result["summary"]
+    assert [r["round"] for r in result["rounds"]] == [1, 2] and result["peer_ready"]["flops_per_step"] == 4e9
+    assert s["peer_cpu_s_per_step"] == pytest.approx(0.25) and s["peer_wall_s_per_step"] == pytest.approx(0.5)
+    assert s["ours_cpu_s_per_step"] > 0 and result["flops_per_step"]["ours"] > 0
+    assert s["ratio_cpu_ours_over_peer"] == pytest.approx(s["ours_cpu_s_per_step"] / 0.25)
+    assert s["ours_gflops_per_cpu_s"] == pytest.approx(result["flops_per_step"]["ours"] / s["ours_cpu_s_per_step"] / 1e9)
+    assert result["parameters"]["ours"]["total_trained"] == (result["parameters"]["ours"]["world_model"]
+                                                            + result["parameters"]["ours"]["actor"]
+                                                            + result["parameters"]["ours"]["critic"])
+    assert all(len(w) == 1 for w in result["times"]["ours"]["wall"]) and len(result["times"]["peer"]["cpu"]) == 2
