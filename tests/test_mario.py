@@ -62,14 +62,20 @@ def test_one_short_episode_on_1_1() -> None:
         assert start.obs.shape == (1, 64, 64, 1) and start.obs.dtype == np.uint8 and envs.num_actions == 12
         assert start.obs.std() > 0  # a real frame, not a blank
         rewards = []
+        step = start
         for t in range(6):
-            step = envs.step(np.array([4]))  # right + A + B
+            previous, step = step, envs.step(np.array([4]))  # right + A + B
             rewards.append(float(step.reward[0]))
             assert -15.0 <= step.reward[0] <= 15.0
             assert step.first[0] == (t == 5)
+            assert (step.final_obs is not None) == (t == 5)
         assert step.truncated[0] and not step.terminated[0]
+        # The cut episode's last frame for --bootstrap-truncation: Mario has moved on from the frame before it,
+        # while obs is the new episode's start.
+        assert step.final_obs is not None and step.final_obs.shape == (1, 64, 64, 1)
+        assert not np.array_equal(step.final_obs, previous.obs) and np.array_equal(step.obs, start.obs)
         (episode,) = step.episodes
-        assert episode.length == 6 and episode.episode_return == pytest.approx(sum(rewards))
+        assert episode.length == 6 and episode.episode_return == pytest.approx(sum(rewards)) and episode.truncated
         assert episode.success is False
         (extra,) = envs.pop_episode_extras()
         assert extra["level"] == "1-1" and extra["x_pos"] > 40 and extra["flag_get"] is False

@@ -55,6 +55,33 @@ def test_episode_stats_keep_the_sub_envs_time_limit_flag() -> None:
     envs.close()
 
 
+def test_time_limit_cuts_pass_the_last_observation_on_and_bootstrap(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    # EnvStep.final_obs holds the sub-env's last observation of a cut episode (the reset one is in obs), so that
+    # --bootstrap-truncation evaluates it; before, the multi-level env gave none and every cut silently counted as
+    # a termination in the targets.
+    import torch
+    from conftest import tiny_config
+
+    from multiscene.algos.onpolicy.rollout import RolloutCollector
+    from multiscene.runtime import make_agent
+
+    envs = make_env(spec(",".join(IDS[:2]), num_envs=2, max_steps=2, seed=4))
+    assert envs.truncation_known
+    envs.reset()
+    envs.step(np.zeros(2, dtype=np.int64))  # turn left
+    before = envs.step(np.full(2, 1, dtype=np.int64))  # turn right: the episode is cut after it
+    assert before.truncated.all() and before.final_obs is not None
+    assert not np.array_equal(before.final_obs, before.obs)  # last frames of the cut episodes, not the new starts
+
+    cfg = tiny_config(str(tmp_path / "run"), env=",".join(IDS[:2]), num_envs=2, num_steps=8, bootstrap_truncation=True)
+    agent = make_agent(cfg, envs)
+    rollout = RolloutCollector(envs, agent, cfg, torch.device("cpu")).collect(agent)
+    assert rollout.truncated is not None and rollout.final_values is not None
+    assert rollout.truncated.sum() == 8  # the collector resets: each slot's 2-step episodes are cut 4 times in 8
+    assert bool((rollout.final_values[rollout.truncated] != 0).all())
+    envs.close()
+
+
 def test_level_only_changes_at_episode_starts_and_obs_has_the_shared_shape() -> None:
     envs = make_env(spec(",".join(IDS), num_envs=2, max_steps=4, seed=3))
     step = envs.reset()

@@ -152,6 +152,7 @@ class MarioVecEnv:
         reward = np.zeros(n, np.float32)
         terminated = np.zeros(n, bool)
         truncated = np.zeros(n, bool)
+        final_obs: np.ndarray | None = None
         episodes: list[EpisodeStats] = []
         for i, (env, action) in enumerate(zip(self._envs, actions.tolist())):
             chosen = ACTION_BYTES[action]
@@ -174,15 +175,25 @@ class MarioVecEnv:
             if done or cut:
                 terminated[i], truncated[i] = done, cut and not done
                 flag = bool(info.get("flag_get", False))
-                episodes.append(EpisodeStats(i, self._return[i], self._length[i], self.level_id, flag))
+                episodes.append(EpisodeStats(i, self._return[i], self._length[i], self.level_id, flag,
+                                             truncated=bool(truncated[i])))
                 self._extras.append({"level": self.level, "x_pos": int(info.get("x_pos", 0)), "flag_get": flag})
+                if truncated[i]:
+                    # The last frame of the cut episode: what --bootstrap-truncation evaluates (issue 16).
+                    assert frame is not None
+                    if final_obs is None:
+                        final_obs = np.empty((n, *self.obs_shape), np.uint8)
+                    final_obs[i] = to_gray64(frame)
                 obs[i] = self._reset_one(i)
             else:
                 assert frame is not None
                 obs[i] = to_gray64(frame)
+        if final_obs is not None:
+            kept = ~truncated  # rows without a time-limit cut: a copy of obs (EnvStep.final_obs: unspecified there)
+            final_obs[kept] = obs[kept]
         return EnvStep(obs=obs, reward=reward, terminated=terminated, truncated=truncated,
                        first=terminated | truncated, level_seed=np.full(n, self.level_id, np.int64),
-                       episodes=episodes)
+                       episodes=episodes, final_obs=final_obs)
 
     def pop_episode_extras(self) -> list[dict[str, Any]]:
         """``{"level", "x_pos", "flag_get"}`` of each episode finished since the last call."""

@@ -88,6 +88,9 @@ class MultiLevelVecEnv:
                     f"spaces; {sub_env_ids[0]} has obs {self.obs_shape} and {self.num_actions} actions, "
                     f"{sub_env_ids[j]} has obs {tuple(env.obs_shape)} and {env.num_actions} actions."
                 )
+        # A time limit is known where every sub-env tells it apart; the cut episode's last observation is passed on
+        # in EnvStep.final_obs (--bootstrap-truncation, issue 16).
+        self.truncation_known = all(getattr(env, "truncation_known", True) for env in self._instances[0].values())
         self._current = np.zeros(self.num_envs, dtype=np.int64)
         self._started = False
         self._extras: list[dict[str, Any]] = []
@@ -124,6 +127,7 @@ class MultiLevelVecEnv:
         reward = np.zeros(n, np.float32)
         terminated = np.zeros(n, bool)
         truncated = np.zeros(n, bool)
+        final_obs: np.ndarray | None = None
         episodes: list[EpisodeStats] = []
         for slot in range(n):
             level = int(self._current[slot])
@@ -135,14 +139,23 @@ class MultiLevelVecEnv:
             if pop is not None:
                 self._extras.extend(pop())
             if result.first[0]:
+                if truncated[slot] and result.final_obs is not None:
+                    # The sub-env's last observation of the cut episode (before this slot picks a new level).
+                    if final_obs is None:
+                        final_obs = np.empty((n, *self.obs_shape), np.uint8)
+                    final_obs[slot] = result.final_obs[0]
                 for ep in result.episodes:
                     # The sub-env's own level seed is replaced by the sub-env index (the level of this set).
                     episodes.append(EpisodeStats(slot, ep.episode_return, ep.length, level, ep.success, ep.truncated))
                 obs[slot] = self._pick(slot)  # a fresh pick, even if the same level: reset() starts anew
             else:
                 obs[slot] = result.obs[0]
+        if final_obs is not None:
+            kept = ~truncated  # rows without a time-limit cut: a copy of obs (EnvStep.final_obs: unspecified there)
+            final_obs[kept] = obs[kept]
         return EnvStep(obs=obs, reward=reward, terminated=terminated, truncated=truncated,
-                       first=terminated | truncated, level_seed=self._current.copy(), episodes=episodes)
+                       first=terminated | truncated, level_seed=self._current.copy(), episodes=episodes,
+                       final_obs=final_obs)
 
     def pop_episode_extras(self) -> list[dict[str, Any]]:
         out, self._extras = self._extras, []
