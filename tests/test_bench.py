@@ -122,6 +122,11 @@ def test_learning_bench_tiny(tmp_path, capsys):
                        "sparse-dve", "--seeds", "1", "--total-timesteps", "32", "--num-envs", "4", "--num-steps", "8",
                        "--num-minibatches", "2", "--hidden-size", "16", "--num-levels", "5", "--eval-episodes", "2"]) == 0
     assert "2 already finished, 0 to run" in capsys.readouterr().out
+    # ... and its results.json adds that call to the first instead of replacing the first call's training time.
+    again = json.loads((out_dir / "results.json").read_text())
+    assert [len(c["trained"]) for c in again["calls"]] == [2, 0]
+    assert again["calls"][0]["wall_seconds"] == results["calls"][0]["wall_seconds"] == results["wall_seconds"]
+    assert again["wall_seconds"] == pytest.approx(sum(c["wall_seconds"] for c in again["calls"]))
 
 
 def test_update_cost_times_both_algorithms_from_the_same_weights(capsys):

@@ -300,9 +300,21 @@ def main(argv: list[str]) -> int:
     if ns.rerun:
         for trial in spec.trials:
             (ns.out / "trials" / trial.name / RESULT_FILE).unlink(missing_ok=True)
+    to_train = [t.name for t in pending(spec)]
     start = time.time()
     run_sweep(spec)
     wall = time.time() - start
+    # A later call (to finish interrupted runs, or just to rebuild the table) adds to the calls before it rather
+    # than replacing their wall time with its own: wall_seconds is the sum over every call that trained runs here.
+    previous = ns.out / "results.json"
+    calls: list[dict[str, Any]] = []
+    if previous.exists():
+        try:
+            calls = list(json.loads(previous.read_text()).get("calls", []))
+        except (OSError, ValueError):
+            calls = []
+    calls.append({"started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(start)), "wall_seconds": wall,
+                  "trained": to_train})
     failed = [t.name for t in pending(spec)]
     if failed:
         raise RuntimeError(f"{len(failed)} runs did not finish ({', '.join(failed)}); their run directories under "
@@ -312,7 +324,8 @@ def main(argv: list[str]) -> int:
     table = table_markdown(agg, ns.tasks, ns.methods) + "\n" + paired_markdown(per_run, ns.tasks, ns.methods, ns.seeds)
     results = {
         "command": "multiscene bench learning " + " ".join(argv),
-        "wall_seconds": wall,
+        "wall_seconds": sum(float(c["wall_seconds"]) for c in calls),
+        "calls": calls,
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(ns).items()},
         "runs": [{"task": t, "method": m, "seed": s, **{k: (v if math.isfinite(v) else None) for k, v in r.items()}}
                  for (t, m, s), r in per_run.items()],
@@ -322,6 +335,7 @@ def main(argv: list[str]) -> int:
     (ns.out / "table.md").write_text(table)
     figure(agg, ns.methods, ns.out / "figure.png")
     print(table)
-    print(f"wall_seconds: {wall:.0f}")
+    print(f"wall_seconds: {wall:.0f} this call ({len(to_train)} runs trained), "
+          f"{results['wall_seconds']:.0f} over {len(calls)} call(s)")
     print(f"written: {ns.out / 'results.json'}, {ns.out / 'table.md'}, {ns.out / 'figure.png'}")
     return 0
