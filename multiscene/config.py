@@ -137,10 +137,12 @@ class CommonConfig:
     """Width of the encoder output and of the LSTM."""
     prev_action_reward: bool = True
     """Feed the previous action and reward to the core (seed 002; SPEC §2)."""
-    value_net: Literal["shared", "separate"] = "shared"
+    value_net: Literal["shared", "separate", "detached"] = "shared"
     """shared: the critic heads read the policy's encoder and core (one trunk, SPEC §2); separate: the critic
     has its own encoder of the same kind (CleanRL's ppo_continuous_action and baselines' MuJoCo agents have
-    separate actor and critic MLPs). separate needs --core none."""
+    separate actor and critic MLPs), needs --core none; detached: the critic heads read the shared trunk but
+    send no gradient into it (the trunk learns from the policy and auxiliary losses only; the value and critic
+    losses train the heads), to tell what a critic's heads do to the shared features from what they predict."""
 
     # PPO (CleanRL names)
     learning_rate: float = 5e-4

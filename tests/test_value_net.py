@@ -58,3 +58,29 @@ def test_separate_value_net_with_an_lstm_core_is_refused():
     cfg = parse_train_args(["--env", "MiniGrid-DoorKey-5x5-v0", "--value-net", "separate", "--core", "lstm"])
     with pytest.raises(ConfigError, match="--value-net separate needs --core none"):
         validate(cfg)
+
+
+@pytest.mark.parametrize("critic", ["scalar", "sparse-dve"])
+def test_detached_value_net_trains_the_heads_but_not_the_shared_lstm_trunk(critic):
+    # --value-net detached (for the MultiRoom question in docs/benchmarks.md): the critic's losses reach its own
+    # heads, never the encoder or the LSTM the policy also reads; the policy still trains them.
+    cfg = parse_train_args(["--env", "MiniGrid-Empty-5x5-v0", "--critic", critic, "--value-net", "detached",
+                            "--core", "lstm"])
+    validate(cfg)
+    agent = Agent((7, 7, 3), 7, cfg)
+    torch.manual_seed(0)
+    obs = torch.randint(0, 11, (4, 3, 7, 7, 3), dtype=torch.uint8)
+    T, B = obs.shape[:2]
+    run = lambda: agent(obs, torch.zeros(T, B, dtype=torch.bool), torch.zeros(T, B, dtype=torch.long),  # noqa: E731
+                        torch.zeros(T, B), agent.initial_state(B, "cpu"))
+    out = run()
+    critic_loss = out.values.pow(2).sum()
+    if "alpha" in out.extras:
+        critic_loss = critic_loss + out.extras["alpha"].pow(2).sum()
+    critic_loss.backward()
+    trunk = list(agent.encoder.parameters()) + list(agent.core.parameters())
+    assert all(p.grad is None or not p.grad.any() for p in trunk)
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in agent.critic.parameters())
+    agent.zero_grad()
+    run().logits.sum().backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in agent.core.parameters())

@@ -67,6 +67,8 @@ class Agent(nn.Module):
         # --value-net separate: the critic heads read an encoder of their own (the core is the identity then).
         self.value_encoder = (make_encoder(self.obs_shape, cfg.hidden_size, obs_dtype, name=cfg.encoder)
                               if getattr(cfg, "value_net", "shared") == "separate" else None)
+        # --value-net detached: the heads read the shared trunk without training it.
+        self.detach_critic = getattr(cfg, "value_net", "shared") == "detached"
         if continuous:
             self.log_std = nn.Parameter(torch.zeros(num_actions))
         if self.float_obs:
@@ -133,7 +135,9 @@ class Agent(nn.Module):
         features = self.encoder(obs.reshape(T * B, *self.obs_shape)).reshape(T, B, -1)
         core_out, state = self.core(features, first, prev_action, prev_reward, state)
         logits = self.policy(core_out)
-        if self.value_encoder is None:
+        if self.value_encoder is None and self.detach_critic:
+            critic_out = self.critic(core_out.detach(), features.detach())
+        elif self.value_encoder is None:
             critic_out = self.critic(core_out, features)
         else:
             value_features = self.value_encoder(obs.reshape(T * B, *self.obs_shape)).reshape(T, B, -1)
