@@ -91,7 +91,7 @@ class RunningObsNorm(torch.nn.Module):
         if self.mean.device.type == "cpu":
             self._update_numpy(x.detach().numpy() if x.device.type == "cpu" else x.detach().cpu().numpy())
             return
-        x = x.to(torch.float64)
+        x = x.to(self.mean.device, torch.float64)  # the env's observations arrive on the CPU
         batch_mean, batch_var, n = x.mean(dim=0), x.var(dim=0, unbiased=False), x.shape[0]
         delta = batch_mean - self.mean
         total = self.count + n
@@ -150,5 +150,5 @@ class RunningObsNorm(torch.nn.Module):
         if x.device.type == "cpu" and self.mean.device.type == "cpu" and not torch.is_grad_enabled():
             # The same float64 arithmetic in numpy, a few microseconds.
             return torch.from_numpy(self.normalize_numpy(x.numpy(), update=False))
-        out = (x.to(torch.float64) - self.mean) / torch.sqrt(self.var + self.epsilon)
+        out = (x.to(self.mean.device, torch.float64) - self.mean) / torch.sqrt(self.var + self.epsilon)
         return out.clamp(-self.clip, self.clip).to(torch.float32)

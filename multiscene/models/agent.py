@@ -112,7 +112,12 @@ class Agent(nn.Module):
             if self.obs_norm.mean.device.type == "cpu":
                 flat = obs.reshape(-1, *self.obs_shape)
                 return torch.from_numpy(self.obs_norm.normalize_numpy(flat, update).reshape(obs.shape))
-            obs = torch.as_tensor(obs)
+            # Statistics on an accelerator: normalized there, handed back on the CPU like the env's arrays (the
+            # collector keeps its carried observation and rollout on the CPU and moves inputs to the device).
+            x = torch.as_tensor(obs)
+            if update:
+                self.obs_norm.update(x.reshape(-1, *self.obs_shape))
+            return self.obs_norm(x).cpu()
         if update:
             self.obs_norm.update(obs.reshape(-1, *self.obs_shape))
         return self.obs_norm(obs)
