@@ -8,12 +8,12 @@ a ``ConfigError`` naming ``--env``.
 Vectorization: ``gymnasium.vector.SyncVectorEnv`` in ``AutoresetMode.SAME_STEP``: where an episode ends, the
 sub-env is reset inside the same ``step`` and Gymnasium hands the last observation over in
 ``info["final_obs"]``; that is our convention (``obs`` = first of the next episode, ``first`` = True), and
-it gives ``EnvStep.final_obs`` for truncations (issue #16). Outside Atari (whose per-env ``info`` we read)
-``step`` makes those same calls on ``SyncVectorEnv``'s sub-envs itself (``_step_each``), without merging
-every info key of every env, which cost as much as MuJoCo's simulation for one env. Gymnasium 1.x's default NEXT_STEP mode would
-instead spend one extra ``step`` call on the reset. Sync rather than Async: on the 2-core dev machine
-AsyncVectorEnv was 1.4x to 2.4x slower than SyncVectorEnv for HalfCheetah-v5 at 8 envs (three measurements,
-README), and Sync lets ``get_state`` reach the sub-envs directly.
+it gives ``EnvStep.final_obs`` for truncations (issue #16). Gymnasium 1.x's default NEXT_STEP mode would
+instead spend one extra ``step`` call on the reset. Outside Atari (whose per-env ``info`` we read) ``step``
+makes those same calls on ``SyncVectorEnv``'s sub-envs itself (``_step_each``), without merging every info key
+of every env, which cost as much as MuJoCo's simulation for one env. Sync rather than Async: on the 2-core dev
+machine AsyncVectorEnv was 1.4x to 2.4x slower than SyncVectorEnv for HalfCheetah-v5 at 8 envs (three
+measurements, README), and Sync lets ``get_state`` reach the sub-envs directly.
 
 Seeds and levels: Gymnasium envs have no level sets. Env ``i`` is seeded with ``spec.seed + i`` at its first
 ``reset``; later episodes continue that env's own random streams (Gymnasium's convention), so a run is
