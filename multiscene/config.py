@@ -66,6 +66,10 @@ class DVEConfig:
     spread_threshold: float = 0.01
     """Spread schedule: L_CC switches on (for good) once the variance of the cluster means V_i across clusters,
     averaged over steps, reaches this (in squared units of the critic's value target)."""
+    attention_trunk_grad: bool = True
+    """Whether the attention's gradient (value loss through alpha, and L_CC) reaches the shared trunk (encoder and
+    core). Off: alpha reads the trunk's output detached, so only the cluster means' gradient shapes the trunk, as a
+    critic of N_b value heads would (for telling the attention's effect on the policy's features apart)."""
     attention_lr_scale: float = 1.0
     """Learning rate of the attention layer (alpha) relative to --learning-rate (its own optimizer param
     group; issue 14, lead 1). 1 = one group."""

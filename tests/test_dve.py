@@ -672,3 +672,18 @@ def test_cc_grad_cap() -> None:
     assert cc_grad_cap(value_norm=1.0, cc_norm=0.05, ratio=0.1) == 1.0  # already below the cap
     assert cc_grad_cap(value_norm=1.0, cc_norm=5.0, ratio=0.0) == 1.0  # off
     assert cc_grad_cap(value_norm=1.0, cc_norm=0.0, ratio=0.1) == 1.0
+
+
+def test_attention_trunk_grad_off_keeps_only_the_cluster_means_gradient_on_the_trunk() -> None:
+    torch.manual_seed(0)
+    for trunk_grad in (True, False):
+        critic = DVECritic(8, 5, dve_config(attention_trunk_grad=trunk_grad), sparse=True)
+        core = torch.randn(4, 2, 8, requires_grad=True)
+        out = critic(core, torch.randn(4, 2, 5))
+        out.extras["alpha"].pow(2).sum().backward()  # a loss of the attention alone (as L_CC is)
+        assert (core.grad is not None and core.grad.abs().sum() > 0) == trunk_grad
+        assert critic.attention.weight.grad is not None and critic.attention.weight.grad.abs().sum() > 0
+        core.grad = None
+        out = critic(core, torch.randn(4, 2, 5))
+        out.extras["cluster_values"].sum().backward()  # the cluster means always train the trunk
+        assert core.grad is not None and core.grad.abs().sum() > 0

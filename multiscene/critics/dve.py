@@ -352,7 +352,7 @@ class DVECritic(Critic):
     def forward(self, core_out: torch.Tensor, encoder_out: torch.Tensor) -> CriticOutput:
         """core_out [T, B, D_core], encoder_out [T, B, D_enc] -> values [T, B, 1] and extras [T, B, N_b]."""
         assert core_out.dim() == 3, f"core_out must be [T, B, D_core], got {tuple(core_out.shape)}"
-        logits = self.attention(core_out)
+        logits = self.attention(core_out if self.cfg.attention_trunk_grad else core_out.detach())
         alpha = torch.softmax(logits, dim=-1)
         if self.cluster_input == "core":
             cluster_values = self.cluster_means(core_out)
